@@ -1,0 +1,248 @@
+"""Power driver: one QEMU process, its serial pty and its QMP socket, and their lifetime.
+
+``QemuMachine`` is a context manager: whatever happens inside the ``with`` (pass, fail,
+timeout, Ctrl-C, an exception in hil) the process group is stopped, the pty closed and the
+socket directory removed.  QEMU runs
+
+* without a shell, in its own session/process group (a Ctrl-C at the terminal reaches
+  hil, which then stops QEMU in order), and with a parent-death signal (via util-linux
+  ``setpriv --pdeathsig``) so that even a SIGKILLed hil leaves no QEMU behind;
+* with its COM1 on a pty we opened *before* launch, so no byte is ever lost and no
+  ``-S``/``cont`` dance is needed (docs/results.md: "launch" is the fork of QEMU);
+* with QMP connecting back to a socket we already listen on (hil.qmp).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import tty
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import host
+from .errors import InfraError
+from .qmp import QmpDriver
+
+# Under KVM the guest gets the host's CPU model, minus IA32_ARCH_CAPABILITIES: nested KVM
+# hosts (ours among them) refuse that MSR and QEMU 7.2 then aborts at start-up.
+KVM_DEFAULT_CPU = "host,-arch-capabilities"
+
+
+@dataclass(frozen=True)
+class MachineConfig:
+    """Everything needed to start QEMU, already resolved (no YAML, no choices left)."""
+
+    name: str
+    machine: str  # q35 | pc
+    accel: str  # kvm | tcg
+    cpu: str | None
+    memory_mib: int
+    cpus: int
+    boot: str  # bios | pvh
+    disk: Path | None  # boot disk (bios)
+    kernel: Path | None  # PVH ELF (pvh)
+    initrd: Path | None  # payload on the PVH path
+    device_args: tuple[str, ...] = ()
+    extra_args: tuple[str, ...] = ()
+
+
+def qemu_argv(cfg: MachineConfig, serial_path: str, qmp_path: str, log_path: Path) -> list[str]:
+    exe = host.which(host.QEMU)
+    if exe is None:
+        raise InfraError(
+            f"{host.QEMU} is not installed, so nothing can boot. Install the "
+            "Debian package qemu-system-x86 (bin/hil does this when run as root)."
+        )
+    cpu = cfg.cpu or (KVM_DEFAULT_CPU if cfg.accel == "kvm" else None)
+    argv = [
+        exe,
+        "-name",
+        f"pxos-{cfg.name},debug-threads=on",
+        "-machine",
+        f"{cfg.machine},accel={cfg.accel}",
+        "-m",
+        str(cfg.memory_mib),
+        "-smp",
+        str(cfg.cpus),
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-chardev",
+        f"serial,id=com1,path={serial_path}",
+        "-serial",
+        "chardev:com1",
+        "-chardev",
+        f"socket,id=qmp,path={qmp_path}",
+        "-mon",
+        "chardev=qmp,mode=control",
+        "-device",
+        "isa-debug-exit,iobase=0xf4,iosize=4",
+        "-D",
+        str(log_path),
+        "-d",
+        "guest_errors,cpu_reset",
+    ]
+    if cpu:
+        argv += ["-cpu", cpu]
+    if cfg.boot == "bios":
+        # snapshot=on: the guest's writes go to a throw-away overlay; the cached image
+        # is never modified (AHCI/IDE refuse read-only drives).
+        argv += ["-drive", f"file={cfg.disk},format=raw,if=ide,index=0,media=disk,snapshot=on"]
+    else:
+        if not host.QBOOT.exists():
+            raise InfraError(
+                f"{host.QBOOT} is missing; the PVH boot path uses qboot as its "
+                "firmware. Install the Debian package qemu-system-data."
+            )
+        argv += ["-bios", str(host.QBOOT), "-kernel", str(cfg.kernel)]
+        if cfg.initrd:
+            argv += ["-initrd", str(cfg.initrd)]
+    return argv + list(cfg.device_args) + list(cfg.extra_args)
+
+
+class QemuMachine:
+    """Start/stop one QEMU.  Attributes once started: ``pid``, ``launched`` (monotonic),
+    ``console_fd`` (pty master), ``qmp`` (QmpDriver), ``argv``."""
+
+    def __init__(self, cfg: MachineConfig, workdir: Path):
+        self.cfg = cfg
+        self.workdir = workdir
+        self.proc: subprocess.Popen | None = None
+        self.qmp: QmpDriver | None = None
+        self.console_fd: int | None = None
+        self._slave_fd: int | None = None
+        self._sockdir: str | None = None
+        self.launched = 0.0
+        self.argv: list[str] = []
+        self.stderr_path = workdir / "qemu.stderr"
+        self.log_path = workdir / "qemu.log"
+
+    # -- lifetime -------------------------------------------------------------
+    def __enter__(self) -> QemuMachine:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self._sockdir = tempfile.mkdtemp(prefix="hil-")  # short path: sun_path is 108 bytes
+        qmp_path = os.path.join(self._sockdir, "qmp.sock")
+        master, slave = os.openpty()
+        tty.setraw(slave)  # no echo, no CR/LF translation: bytes as the guest sent them
+        os.set_blocking(master, False)
+        self.console_fd, self._slave_fd = master, slave
+        self.argv = qemu_argv(self.cfg, os.ttyname(slave), qmp_path, self.log_path)
+
+        self.qmp = QmpDriver(self.cfg.name)
+        self.qmp.listen(qmp_path)
+        launcher = []
+        if host.which("setpriv"):
+            launcher = [host.which("setpriv"), "--pdeathsig", "KILL", "--"]
+        with self.stderr_path.open("wb") as err:
+            self.launched = time.monotonic()
+            try:
+                self.proc = subprocess.Popen(
+                    launcher + self.argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=err,
+                    stderr=err,
+                    start_new_session=True,
+                    close_fds=True,
+                )
+            except OSError as e:
+                raise InfraError(f"cannot start QEMU ({self.argv[0]}): {e}") from None
+        self.qmp.accept_async()
+
+    def wait_started(self, timeout: float = 30.0) -> None:
+        """Block until QEMU has connected to QMP; a QEMU that dies first is an InfraError
+        carrying its own error message (bad option, KVM unusable, missing file...)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None and not self.qmp.connected:
+                raise InfraError(
+                    f"QEMU exited during start-up (status {self.proc.returncode}):"
+                    f" {self.stderr_tail() or 'no message'}"
+                )
+            try:
+                self.qmp.wait_connected(0.05)
+                break
+            except InfraError:
+                if time.monotonic() > deadline:
+                    raise InfraError(
+                        f"QEMU did not start within {timeout:.0f} s: "
+                        f"{self.stderr_tail() or 'no message'}"
+                    ) from None
+        # QEMU holds the pty slave open now; dropping ours lets the console see EOF
+        # (EIO) the moment QEMU exits.
+        if self._slave_fd is not None:
+            os.close(self._slave_fd)
+            self._slave_fd = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def poll(self) -> int | None:
+        return self.proc.poll() if self.proc else None
+
+    def wait_exit(self, timeout: float) -> int | None:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def stderr_tail(self, n: int = 5) -> str:
+        try:
+            lines = self.stderr_path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        # Our own -cpu/host feature warnings are noise in an error message.
+        lines = [ln for ln in lines if "host doesn't support requested feature" not in ln]
+        return " | ".join(lines[-n:])
+
+    def stop(self) -> int | None:
+        """Stop QEMU (QMP quit, then SIGTERM, then SIGKILL to its process group) and
+        release every resource.  Returns QEMU's exit status.  Idempotent."""
+        status = None
+        if self.proc is not None:
+            if self.proc.poll() is None and self.qmp is not None and self.qmp.connected:
+                try:
+                    self.qmp.cmd("quit", timeout=2)
+                except InfraError:
+                    pass
+                self.wait_exit(3)
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                if self.proc.poll() is not None:
+                    break
+                try:
+                    os.killpg(self.proc.pid, sig)
+                except ProcessLookupError:
+                    break
+                self.wait_exit(3)
+            status = self.proc.poll()
+        if self.qmp is not None:
+            self.qmp.close()
+            self.qmp = None
+        for fd in (self.console_fd, self._slave_fd):
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self.console_fd = self._slave_fd = None
+        if self._sockdir:
+            shutil.rmtree(self._sockdir, ignore_errors=True)
+            self._sockdir = None
+        return status

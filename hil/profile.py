@@ -1,0 +1,137 @@
+"""Machine profiles: qemu_configs/<name>.yaml (format: docs/profiles.md)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import devices as dev
+from .yamlsrc import Fields, Problems, load, parse_size, suggest
+
+REPO = Path(__file__).resolve().parent.parent
+PROFILE_DIR = REPO / "qemu_configs"
+
+MACHINES = ("q35", "pc")
+ACCELS = ("auto", "kvm", "tcg")
+BOOT_PATHS = ("bios", "pvh")
+GPUS = ("none",)
+KEYS = (
+    "description",
+    "machine",
+    "accel",
+    "boot",
+    "memory",
+    "cpus",
+    "cpu",
+    "devices",
+    "gpu",
+    "qemu_args",
+)
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    path: Path
+    description: str = ""
+    machine: str = "q35"
+    accel: str = "auto"
+    boot: str = "bios"
+    memory_mib: int = 128
+    cpus: int = 1
+    cpu: str | None = None  # None: 'host' under KVM, QEMU's default under TCG
+    devices: tuple[dev.Device, ...] = ()
+    gpu: str = "none"
+    qemu_args: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name,
+            "path": str(self.path),
+            "description": self.description,
+            "machine": self.machine,
+            "accel": self.accel,
+            "boot": self.boot,
+            "memory_mib": self.memory_mib,
+            "cpus": self.cpus,
+            "cpu": self.cpu,
+            "devices": [repr(d) for d in self.devices],
+            "gpu": self.gpu,
+            "qemu_args": list(self.qemu_args),
+        }
+
+
+def available() -> list[str]:
+    return sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
+
+
+def resolve(ref: str, relative_to: Path) -> Path | None:
+    """A profile reference -> file: a name in qemu_configs/, or a path to a YAML file."""
+    if ref.endswith((".yaml", ".yml")) or "/" in ref:
+        p = (relative_to / ref).resolve()
+        return p if p.is_file() else None
+    p = PROFILE_DIR / f"{ref}.yaml"
+    return p if p.is_file() else None
+
+
+def unknown_profile_hint(ref: str) -> str:
+    names = available()
+    return (
+        f"no profile {ref!r}{suggest(ref, names)}. Profiles are the files in "
+        f"{PROFILE_DIR.relative_to(REPO)}/ ({', '.join(names)}) or a path to a "
+        "profile YAML file."
+    )
+
+
+def load_profile(path: Path) -> Profile:
+    problems = Problems(path)
+    node = load(path, "profile")
+    f = Fields(problems, node, "", KEYS, 1)
+    description = f.get("description", str, "")
+    machine = f.choice("machine", MACHINES, "q35")
+    accel = f.choice("accel", ACCELS, "auto")
+    boot = f.choice("boot", BOOT_PATHS, "bios")
+    mem_raw = f.raw("memory", 128)
+    memory = mem_raw if isinstance(mem_raw, int) and not isinstance(mem_raw, bool) else None
+    if memory is None:
+        size = parse_size(mem_raw)
+        memory = size >> 20 if size and size % (1 << 20) == 0 else None
+    if memory is None or memory < 16:
+        f.error(
+            "memory",
+            f"{mem_raw!r} is not a usable memory size; write MiB as a number "
+            "('memory: 128') or a size ('memory: 1G'), at least 16 MiB.",
+        )
+    cpus = f.get("cpus", int, 1, example="cpus: 1")
+    if cpus is not None and not 1 <= cpus <= 64:
+        f.error("cpus", "must be between 1 and 64.")
+    cpu = f.get("cpu", str, None, example="cpu: host")
+    gpu = f.choice("gpu", GPUS, "none")
+    qargs = f.get("qemu_args", list, [], example="qemu_args: ['-device', 'pvpanic']")
+    if qargs and not all(isinstance(a, str) for a in qargs):
+        f.error("qemu_args", "must be a list of strings, one QEMU argument each.")
+    devices = dev.parse(problems, f.raw("devices"), "devices", path.parent)
+    f.done()
+    if machine == "pc":
+        for i, d in enumerate(devices):
+            if d.behind_root_port:
+                problems.add(
+                    node.lines.get("devices"),
+                    f"devices[{i}]",
+                    "behind_root_port needs a PCIe machine; use machine: q35.",
+                )
+    problems.raise_if_any()
+    return Profile(
+        name=path.stem,
+        path=path,
+        description=description,
+        machine=machine,
+        accel=accel,
+        boot=boot,
+        memory_mib=memory,
+        cpus=cpus,
+        cpu=cpu,
+        devices=tuple(devices),
+        gpu=gpu,
+        qemu_args=tuple(qargs or ()),
+    )

@@ -1,0 +1,127 @@
+"""Results on disk: results/<scenario>/<run-id>/ (layout: docs/results.md).
+
+Only this module knows the layout.  Writers are plain functions over plain data, so
+anything that produced a run (hil run, the pytest plugin, nightly) writes the same files.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import secrets
+import socket
+import subprocess
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_ROOT = REPO / "results"
+SCHEMA = 1
+
+
+def new_run_dir(root: Path, scenario: str) -> tuple[str, Path]:
+    """A fresh, unique directory; the id sorts by start time (UTC)."""
+    base = root / scenario
+    base.mkdir(parents=True, exist_ok=True)
+    while True:
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
+        run_id = f"{stamp}Z-{secrets.token_hex(2)}"
+        path = base / run_id
+        try:
+            path.mkdir()
+            return run_id, path
+        except FileExistsError:
+            continue
+
+
+def git_info(repo: Path = REPO) -> dict:
+    def git(*args: str) -> str | None:
+        try:
+            p = subprocess.run(
+                ["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return p.stdout.strip() if p.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": bool(dirty) if dirty is not None else None}
+
+
+def host_info() -> dict:
+    return {
+        "hostname": socket.gethostname(),
+        "kernel": platform.release(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+    }
+
+
+def write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+    tmp.replace(path)
+
+
+def write_junit(path: Path, run: dict) -> None:
+    """One <testsuite> per run: a <testcase> per step, plus one for the metric limits."""
+    verdict = run["verdict"]
+    suite = ET.Element(
+        "testsuite",
+        name=run["scenario"],
+        timestamp=run["started_at"],
+        time=f"{run['durations'].get('total_s', 0):.3f}",
+        hostname=run["host"]["hostname"],
+    )
+    props = ET.SubElement(suite, "properties")
+    for k, v in (
+        ("profile", run["profile"]["name"]),
+        ("accel", run["accel"]),
+        ("run_id", run["run_id"]),
+        ("outcome", verdict["outcome"]),
+    ):
+        ET.SubElement(props, "property", name=k, value=str(v))
+    cls = f"hil.{run['scenario']}"
+    counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
+
+    def case(name: str, seconds: float, status: str, message: str = "", text: str = ""):
+        counts["tests"] += 1
+        tc = ET.SubElement(suite, "testcase", classname=cls, name=name, time=f"{seconds:.3f}")
+        if status == "failed":
+            counts["failures"] += 1
+            ET.SubElement(tc, "failure", message=message, type=verdict["category"]).text = text
+        elif status == "error":
+            counts["errors"] += 1
+            ET.SubElement(tc, "error", message=message, type=verdict["category"]).text = text
+        elif status == "skipped":
+            counts["skipped"] += 1
+            ET.SubElement(tc, "skipped", message=message)
+
+    evidence = "\n".join(verdict.get("evidence", []))
+    if verdict["outcome"] == "error" and verdict.get("step") is None:
+        case("setup", 0.0, "error", verdict["reason"], evidence)
+    for s in run["steps"]:
+        name = f"step {s['index'] + 1}: {s['kind']}" + (f" ({s['name']})" if s["name"] else "")
+        st = {"passed": "passed", "failed": "failed", "timeout": "failed"}.get(
+            s["status"], "skipped"
+        )
+        if verdict["outcome"] in ("error", "interrupted") and s["index"] == verdict.get("step"):
+            st = "error"
+        case(
+            name,
+            s["duration_s"],
+            st,
+            s["detail"] if st != "passed" else "",
+            evidence if st in ("failed", "error") else "",
+        )
+    if run["limits"]:
+        bad = [lim for lim in run["limits"] if not lim["ok"]]
+        msg = "; ".join(lim["detail"] for lim in bad)
+        case("metric limits", 0.0, "failed" if bad else "passed", msg, msg)
+    for k, v in counts.items():
+        suite.set(k, str(v))
+    ET.ElementTree(suite).write(path, encoding="utf-8", xml_declaration=True)
