@@ -86,6 +86,10 @@ def load(path: Path, what: str) -> Any:
         mark = e.problem_mark or e.context_mark
         line = f":{mark.line + 1}" if mark else ""
         problem = " ".join(x for x in (e.context, e.problem) if x)
+        if "duplicate key" in problem:
+            raise ValidationError(
+                [f"{path}{line}: {problem}: a key may appear once per mapping. Keep one of them."]
+            ) from None
         raise ValidationError(
             [
                 f"{path}{line}: YAML syntax error: {problem}. Fix the YAML at that line "
