@@ -6,13 +6,11 @@
 //
 // SeaBIOS assigns BARs and bridge windows; qboot (the PVH path) assigns
 // nothing.  So a BAR that reads 0 gets an address from a bump allocator in the
-// 32-bit PCI hole, and an unnumbered bridge gets a bus number and windows
-// around what we placed behind it.  Either way every function ends with
+// 32-bit PCI hole, and a bridge gets windows around what we placed behind it.  Either way every function ends with
 // memory + I/O decode and bus mastering on (later drivers DMA).
 #include "kernel.h"
 
 static u64 ecam;            // ECAM base; 0 = legacy ports
-static u32 last_bus;        // highest bus number handed out so far
 // Next free address and end of each BAR window: [0] memory, [1] I/O.
 // Memory: above the q35 ECAM window (0xB0000000, 256 MiB), below the IOAPIC.
 static u64 next[2] = {0xC0000000, 0xC000};
@@ -41,27 +39,25 @@ static u64 align(u64 a, u64 n) { return (a + n - 1) & -n; }
 
 static void scan_bus(u32 bus);
 
-// A bridge the firmware left unnumbered: give it the next bus, scan behind
-// it, then close the bus range and open windows over exactly the space the
-// devices behind it got (memory in 1 MiB, I/O in 4 KiB units; prefetchable
-// BARs share the plain memory window, the prefetchable one stays shut).
-static void bridge(u32 bdf)
+// Behind a bridge.  Both firmwares we boot from number the buses (qboot
+// too), but only SeaBIOS opens the bridge windows.  So if we placed BARs
+// behind a bridge, open its windows over exactly that space: memory in 1 MiB,
+// I/O in 4 KiB units; prefetchable BARs share the plain memory window, the
+// prefetchable one stays shut.  An unnumbered bridge (secondary bus 0) is
+// skipped rather than scanned as bus 0 again.
+static void bridge(u64 bdf)
 {
     u32 bus = cfg(bdf, 0x18) >> 8 & 0xFF;
-    if (bus) {
-        scan_bus(bus);
+    if (!bus)
         return;
-    }
-    bus = ++last_bus;
-    u32 nums = bdf >> 8 | bus << 8;
-    cfg_set(bdf, 0x18, nums | 0xFF << 16);
     u64 m0 = next[0] = align(next[0], 1 << 20), i0 = next[1] = align(next[1], 1 << 12);
     scan_bus(bus);
     u64 m1 = next[0] = align(next[0], 1 << 20), i1 = next[1] = align(next[1], 1 << 12);
-    cfg_set(bdf, 0x18, nums | last_bus << 16);
-    cfg_set(bdf, 0x1C, i0 >> 8 | ((i1 - 1) & 0xF000));          // I/O base/limit
-    cfg_set(bdf, 0x20, m0 >> 16 | ((m1 - 1) & 0xFFF00000));     // memory base/limit
-    cfg_set(bdf, 0x24, 0xFFF0);                                 // prefetchable: off
+    if (m1 != m0 || i1 != i0) {
+        cfg_set(bdf, 0x1C, i0 >> 8 | ((i1 - 1) & 0xF000));         // I/O base/limit
+        cfg_set(bdf, 0x20, m0 >> 16 | ((m1 - 1) & 0xFFF00000));    // memory base/limit
+        cfg_set(bdf, 0x24, 0xFFF0);                                // prefetchable: shut
+    }
 }
 
 static void function(u64 bdf, u64 id, u32 type)
