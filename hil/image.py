@@ -44,7 +44,7 @@ SCHEMA = 1  # bump when the image layout changes without a source change
 
 CFLAGS = (
     "-std=gnu11",
-    "-Os",
+    "-Oz",
     "-ffreestanding",
     "-nostdlib",
     "-fno-pic",

@@ -3,14 +3,14 @@
 
 %include "longmode.inc"                 ; from boot/: shared with the boot sector
 
-extern  kmain, exception
-global  _start, isr_sled, irq_stub
+extern  kmain, exception, vprint
+global  _start, isr_sled, irq_stub, kprintf
 
 ; --- BIOS path ------------------------------------------------------------
 ; The boot sector copies the image to 0x100000 and jumps to its first byte in
 ; long mode, so _start must stay first (the linker script puts .text.entry
 ; first).  Its page tables (0x1000) and GDT (0x7C00) stay in use.
-        section .text.entry
+        section .text.entry align=1
         bits    64
 _start: xor     edi, edi                ; kmain(NULL, 0): no start_info = BIOS path
 start64:                                ; rdi = hvm_start_info or NULL, rsi = TSC at lmode
@@ -30,8 +30,8 @@ pvh_entry:
 pvh64:  rdtsc                           ; `@stage lmode` for the PVH path
         shl     rdx, 32
         lea     rsi, [rax + rdx]
-        mov     eax, SEL_DATA           ; SS still names the loader's GDT; an
-        mov     ss, eax                 ; iretq would reload it from ours
+        xor     eax, eax                ; SS still names the loader's GDT and an
+        mov     ss, eax                 ; iretq would reload it from ours: null it
         mov     edi, ebx
         jmp     start64
 
@@ -41,7 +41,7 @@ pvh64:  rdtsc                           ; `@stage lmode` for the PVH path
 ; isr_common, which counts them to recover v.  Nothing the CPU pushed can be
 ; -1 (error codes are 32-bit, RIP is a low canonical address), so the count
 ; is exact.  That is 2 bytes per vector instead of a push+jmp stub.
-        section .text
+        section .text align=1
 isr_sled:
 %rep 32
         push    byte -1
@@ -68,6 +68,26 @@ isr_common:
 ; only has to end the `hlt`.
 irq_stub:
         iretq
+
+; --- kprintf(fmt, ...) ------------------------------------------------------
+; The SysV ABI passes the first variadic arguments in rsi, rdx, rcx, r8, r9
+; and the rest on the stack, above the return address.  Pushing the five
+; registers right below the stack arguments (the return address popped out
+; of the way) makes all arguments one u64 array: vprint(fmt, args).  That is
+; much smaller than GCC's va_arg code, which tests for both cases each time.
+kprintf:
+        pop     rax                     ; return address
+        push    r9
+        push    r8
+        push    rcx
+        push    rdx
+        push    rsi
+        mov     rsi, rsp                ; u64 args[]
+        push    rax
+        call    vprint
+        pop     rax
+        add     rsp, 5 * 8
+        jmp     rax
 
 ; --- PVH ELF note -----------------------------------------------------------
 ; XEN_ELFNOTE_PHYS32_ENTRY (18): the 32-bit entry point.  QEMU reads a

@@ -33,7 +33,7 @@ static inline u64 rdtsc(void)
 void serial_init(void);
 void kputc(char c);
 void kputs(const char *s);
-void kprintf(const char *fmt, ...);
+void kprintf(const char *fmt, ...);    // entry.asm: every argument must be a u64 or pointer
 
 // trap.c
 void idt_init(void);

@@ -6,36 +6,68 @@
 //
 // SeaBIOS assigns BARs and bridge windows; qboot (the PVH path) assigns
 // nothing.  So a BAR that reads 0 gets an address from a bump allocator in the
-// 32-bit PCI hole, and a bridge gets windows around what we placed behind it.  Either way every function ends with
-// memory + I/O decode and bus mastering on (later drivers DMA).
+// 32-bit PCI hole, and a bridge gets windows around what we placed behind it.
+// Either way every function ends with memory + I/O decode and bus mastering
+// on (later drivers DMA).
 #include "kernel.h"
 
-static u64 ecam;            // ECAM base; 0 = legacy ports
-// Next free address and end of each BAR window: [0] memory, [1] I/O.
-// Memory: above the q35 ECAM window (0xB0000000, 256 MiB), below the IOAPIC.
-static u64 next[2] = {0xC0000000, 0xC000};
-static const u64 end[2] = {0xFEC00000, 0x10000};
+static u64 ecam;    // ECAM base; 0 = legacy ports
+static u32 cur;     // the function we are looking at: bus << 8 | device << 3 | function
+static u32 old;     // what probe() found in the register before sizing it
+// Next free BAR address: [0] memory, above q35's ECAM window (0xB0000000,
+// 256 MiB) and below the IOAPIC (0xFEC00000); [1] I/O ports, up to 0xFFFF.
+static u32 next[2] = {0xC0000000, 0xC000};
 
-// bdf = bus << 8 | device << 3 | function
-static u32 cfg(u32 bdf, u32 off)
+// Address of config register `off` of `cur` in ECAM, or 0 after pointing the
+// legacy window (0xCFC) at it.
+static volatile u32 *reg(u32 off)
 {
     if (ecam)
-        return *(volatile u32 *)(ecam + (bdf << 12) + off);
-    outl(0xCF8, 0x80000000 | bdf << 8 | off);   // device lands in bits 15:11
-    return inl(0xCFC);
+        return (volatile u32 *)(ecam + (cur << 12) + off);
+    outl(0xCF8, 0x80000000 | cur << 8 | off);   // device lands in bits 15:11
+    return 0;
 }
 
-static void cfg_set(u32 bdf, u32 off, u32 v)
+static u32 cfg(u32 off)
 {
-    if (ecam)
-        *(volatile u32 *)(ecam + (bdf << 12) + off) = v;
-    else {
-        outl(0xCF8, 0x80000000 | bdf << 8 | off);
+    volatile u32 *r = reg(off);
+    return r ? *r : inl(0xCFC);
+}
+
+static void cfg_set(u32 off, u32 v)
+{
+    volatile u32 *r = reg(off);
+    if (r)
+        *r = v;
+    else
         outl(0xCFC, v);
-    }
+}
+
+// BAR sizing: write all-ones, read back what sticks, put the old value back.
+static u32 probe(u32 off)
+{
+    old = cfg(off);
+    cfg_set(off, ~0);
+    u32 r = cfg(off);
+    cfg_set(off, old);
+    return r;
 }
 
 static u64 align(u64 a, u64 n) { return (a + n - 1) & -n; }
+
+// Bridge windows have 1 MiB (memory) and 4 KiB (I/O) granularity.
+static void align_windows(void)
+{
+    next[0] = align(next[0], 1 << 20);
+    next[1] = align(next[1], 1 << 12);
+}
+
+static void ident(const char *tag)
+{
+    u32 id = cfg(0);
+    kprintf("%s %2:%2.%1 %4:%4 %6", tag, (u64)cur >> 8, (u64)cur >> 3 & 31, (u64)cur & 7,
+            (u64)id & 0xFFFF, (u64)id >> 16, (u64)cfg(8) >> 8);
+}
 
 static void scan_bus(u32 bus);
 
@@ -45,76 +77,77 @@ static void scan_bus(u32 bus);
 // I/O in 4 KiB units; prefetchable BARs share the plain memory window, the
 // prefetchable one stays shut.  An unnumbered bridge (secondary bus 0) is
 // skipped rather than scanned as bus 0 again.
-static void bridge(u64 bdf)
+static void bridge(void)
 {
-    u32 bus = cfg(bdf, 0x18) >> 8 & 0xFF;
+    u32 me = cur, bus = cfg(0x18) >> 8 & 0xFF;
     if (!bus)
         return;
-    u64 m0 = next[0] = align(next[0], 1 << 20), i0 = next[1] = align(next[1], 1 << 12);
+    align_windows();
+    u32 m0 = next[0], i0 = next[1];
     scan_bus(bus);
-    u64 m1 = next[0] = align(next[0], 1 << 20), i1 = next[1] = align(next[1], 1 << 12);
+    align_windows();
+    u32 m1 = next[0], i1 = next[1];
+    cur = me;
     if (m1 != m0 || i1 != i0) {
-        cfg_set(bdf, 0x1C, i0 >> 8 | ((i1 - 1) & 0xF000));         // I/O base/limit
-        cfg_set(bdf, 0x20, m0 >> 16 | ((m1 - 1) & 0xFFF00000));    // memory base/limit
-        cfg_set(bdf, 0x24, 0xFFF0);                                // prefetchable: shut
+        cfg_set(0x1C, i0 >> 8 | ((i1 - 1) & 0xF000));         // I/O base/limit
+        cfg_set(0x20, m0 >> 16 | ((m1 - 1) & 0xFFF00000));    // memory base/limit
+        cfg_set(0x24, 0xFFF0);                                // prefetchable: shut
     }
 }
 
-static void function(u64 bdf, u64 id, u32 type)
+// One function: its `pci` line with every BAR (placing unassigned ones), and
+// a `gpu` line for display controllers (class 03).  type: header type 0 or 1.
+static void function(u32 type)
 {
-    u64 cls = cfg(bdf, 8) >> 8;
-    u32 cmd = cfg(bdf, 4);
-    cfg_set(bdf, 4, cmd & ~3);      // decode off while BARs hold all-ones
-    kprintf("pci %2:%2.%1 %4:%4 %6", bdf >> 8, bdf >> 3 & 31, bdf & 7, id & 0xFFFF, id >> 16, cls);
-    int ok = 1;
-    for (u64 n = 0; n < (type ? 2 : 6); n++) {      // a bridge (type 1) has two BARs
-        u32 off = 0x10 + 4 * n, lo = cfg(bdf, off);
+    u32 cmd = cfg(4), ok = 1;
+    cfg_set(4, cmd & ~3);           // decode off while BARs hold all-ones
+    ident("pci");
+    for (u64 n = 0; n < (type ? 2 : 6); n++) {     // a bridge (type 1) has two BARs
+        u32 off = 0x10 + 4 * n;
+        u64 size = probe(off), lo = old;
         int io = lo & 1, wide = (lo & 7) == 4;      // wide: 64-bit memory BAR
-        // Size: write all-ones, read back; the lowest writable address bit is the size.
-        cfg_set(bdf, off, ~0);
-        u64 size = cfg(bdf, off) & (io ? ~3 : ~15), base = lo & (io ? ~3 : ~15);
-        cfg_set(bdf, off, lo);
+        size &= io ? ~3 : ~15;
+        u64 base = lo & (io ? ~3 : ~15);
         if (wide) {
-            u32 hi = cfg(bdf, off + 4);
-            cfg_set(bdf, off + 4, ~0);
-            size |= (u64)cfg(bdf, off + 4) << 32;
-            cfg_set(bdf, off + 4, hi);
-            base |= (u64)hi << 32;
+            size |= (u64)probe(off + 4) << 32;
+            base |= (u64)old << 32;
         }
-        size &= -size;
+        size &= -size;              // the lowest bit that stuck is the size
         if (!size)
-            continue;                               // unimplemented BAR
-        if (!base) {                                // unassigned: place it
+            continue;               // unimplemented BAR
+        if (!base) {                // unassigned: place it (a 64-bit BAR's high half stays 0)
             base = align(next[io], size);
-            if (base + size > end[io]) {
-                ok = base = 0;                      // no room: leave it off
-            } else {
+            if (base + size > (io ? 0x10000 : 0xFEC00000))
+                ok = base = 0;      // no room: leave it, and decoding, off
+            else {
                 next[io] = base + size;
-                cfg_set(bdf, off, base);            // a 64-bit BAR's high half stays 0
+                cfg_set(off, base);
             }
         }
-        kprintf(" bar%1=%s%s:%1/%1", n, io ? "io" : wide ? "m64" : "m32",
-                !io && lo & 8 ? "p" : "", base, size);
+        kprintf(" bar%1=%s%s:%1/%1", n, io ? "io" : wide ? "m64" : "m32", (lo & 9) == 8 ? "p" : "",
+                base, size);
         n += wide;
     }
-    cfg_set(bdf, 4, ok ? cmd | 7 : cmd);            // I/O + memory decode, bus master
+    cfg_set(4, ok ? cmd | 7 : cmd); // I/O + memory decode, bus master
     kputc('\n');
-    if (cls >> 16 == 3)                             // display controller: a GPU candidate
-        kprintf("gpu %2:%2.%1 %4:%4 %6\n", bdf >> 8, bdf >> 3 & 31, bdf & 7, id & 0xFFFF,
-                id >> 16, cls);
+    if (cfg(8) >> 24 == 3) {
+        ident("gpu");
+        kputc('\n');
+    }
     if (type == 1)
-        bridge(bdf);
+        bridge();
 }
 
 static void scan_bus(u32 bus)
 {
-    for (u64 bdf = bus << 8; bdf < (bus + 1) << 8; bdf++) {
-        u32 id = cfg(bdf, 0);
-        u32 hdr = cfg(bdf, 0x0C) >> 16 & 0xFF;      // header type; bit 7: multi-function
-        if ((u16)id != 0xFFFF)
-            function(bdf, id, hdr & 0x7F);
-        if (!(bdf & 7) && ((u16)id == 0xFFFF || !(hdr & 0x80)))
-            bdf += 7;                               // no function 0, or single-function
+    for (u32 bdf = bus << 8; bdf < (bus + 1) << 8; bdf++) {
+        cur = bdf;
+        u32 hdr = cfg(0x0C) >> 16;  // header type; bit 7: multi-function
+        int absent = (u16)cfg(0) == 0xFFFF;
+        if (!absent)
+            function(hdr & 0x7F);
+        if (!(bdf & 7) && (absent || !(hdr & 0x80)))
+            bdf += 7;               // no function 0, or single-function: skip 1-7
     }
 }
 
@@ -122,10 +155,10 @@ void pci_scan(void)
 {
     // 8086:29c0 is q35's host bridge.  Its PCIEXBAR (config 0x60) turns the
     // ECAM window on; SeaBIOS sets it to 0xB0000000, qboot leaves it off.
-    if (cfg(0, 0) == 0x29C08086) {
-        u32 bar = cfg(0, 0x60);
+    if (cfg(0) == 0x29C08086) {
+        u32 bar = cfg(0x60);
         if (!(bar & 1))
-            cfg_set(0, 0x60, bar = 0xB0000001);
+            cfg_set(0x60, bar = 0xB0000001);
         ecam = bar & 0xF0000000;
     }
     scan_bus(0);

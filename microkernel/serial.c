@@ -5,15 +5,21 @@
 // decimal printer would cost bytes we do not have.
 #include "kernel.h"
 
+// (register, value) pairs, written in order.
+static const u8 uart_init[] = {
+    3, 0x80,    // LCR: DLAB=1 exposes the divisor latch
+    0, 1,       // divisor 1 = 115200 baud (moot under QEMU)
+    1, 0,
+    3, 0x03,    // LCR: 8N1, DLAB=0
+    2, 0x07,    // FCR: enable and clear both FIFOs, RX interrupt at 1 byte
+    4, 0x0B,    // MCR: DTR | RTS | OUT2 (OUT2 connects the IRQ line)
+    1, 0x01,    // IER: interrupt when a byte arrives (wakes the idle hlt)
+};
+
 void serial_init(void)
 {
-    outb(COM1 + 3, 0x80);   // LCR: DLAB=1 exposes the divisor latch
-    outb(COM1 + 0, 1);      // divisor 1 = 115200 baud (moot under QEMU)
-    outb(COM1 + 1, 0);
-    outb(COM1 + 3, 0x03);   // LCR: 8N1, DLAB=0
-    outb(COM1 + 2, 0x07);   // FCR: enable and clear both FIFOs, RX interrupt at 1 byte
-    outb(COM1 + 4, 0x0B);   // MCR: DTR | RTS | OUT2 (OUT2 connects the IRQ line)
-    outb(COM1 + 1, 0x01);   // IER: interrupt when a byte arrives (wakes the idle hlt)
+    for (const u8 *p = uart_init; p < uart_init + sizeof uart_init; p += 2)
+        outb(COM1 + p[0], p[1]);
 }
 
 // Polling the line status register before every byte would double the port
@@ -49,19 +55,18 @@ static void hex(u64 v, int width)
         }
 }
 
-// A printf for this kernel only: "%s" is a string, "%N" (N a digit) a u64
-// in hex with at least N digits.  "%1" is the plain number of console.md.
-void kprintf(const char *f, ...)
+// The printf of this kernel: "%s" is a string, "%N" (N a digit) a number in
+// hex with at least N digits; "%1" is the plain number of console.md.  Every
+// argument is a u64 (or a pointer): kprintf (entry.asm) lines them up as an
+// array and calls this.
+void vprint(const char *f, const u64 *arg)
 {
-    __builtin_va_list ap;
-    __builtin_va_start(ap, f);
     for (char c; (c = *f++);) {
         if (c != '%')
             kputc(c);
         else if ((c = *f++) == 's')
-            kputs(__builtin_va_arg(ap, const char *));
+            kputs((const char *)*arg++);
         else
-            hex(__builtin_va_arg(ap, u64), c - '0');
+            hex(*arg++, c - '0');
     }
-    __builtin_va_end(ap);
 }

@@ -5,24 +5,23 @@
 // (docs/console.md).  Vectors 0x20-0x27 are the remapped PIC's.
 #include "kernel.h"
 
-struct gate {           // 64-bit interrupt gate
-    u16 off_lo, sel;
-    u8 ist, type;
-    u16 off_mid;
-    u32 off_hi, zero;
-};
-static struct gate idt[0x28];
+// 64-bit interrupt gates, 16 bytes each.  The kernel lives below 4 GiB, so
+// the upper 8 bytes (offset bits 63:32) stay 0.
+static u64 idt[0x28][2];
+static const struct __attribute__((packed)) {
+    u16 limit;
+    void *base;
+} idtr = {sizeof idt - 1, idt};
 extern char isr_sled[], irq_stub[];   // entry.asm
 
 void idt_init(void)
 {
     for (int v = 0; v < 0x28; v++) {
-        // The kernel lives below 4 GiB, so off_hi stays 0.
-        u32 a = (u32)(u64)(v < 32 ? isr_sled + 2 * v : irq_stub);
-        idt[v] = (struct gate){a, 0x10, 0, 0x8E, a >> 16, 0, 0};   // 0x10: 64-bit code
+        u64 a = (u64)(v < 32 ? isr_sled + 2 * v : irq_stub);
+        // offset 15:0 | selector 0x10 (64-bit code) | present, DPL 0, interrupt gate | offset 31:16
+        idt[v][0] = (a & 0xFFFF) | 0x10 << 16 | 0x8EUL << 40 | (a >> 16) << 48;
     }
-    struct __attribute__((packed)) { u16 limit; u64 base; } r = {sizeof idt - 1, (u64)idt};
-    asm volatile("lidt %0" : : "m"(r));
+    asm volatile("lidt %0" : : "m"(idtr));
 }
 
 // Called by isr_common (entry.asm) on the faulting stack; never returns.
