@@ -91,8 +91,9 @@ kprintf:
 
 ; --- PVH ELF note -----------------------------------------------------------
 ; XEN_ELFNOTE_PHYS32_ENTRY (18): the 32-bit entry point.  QEMU reads a
-; 64-bit value from an ELF64 note.
-        section .note.pvh note alloc noexec nowrite align=4
+; 64-bit value from an ELF64 note.  QEMU reads notes from the file (PT_NOTE),
+; so the section is not allocated: it costs the loaded image nothing.
+        section .note.pvh note noalloc noexec nowrite align=4
         dd      4, 8, 18
         db      "Xen", 0
         dq      pvh_entry

@@ -22,12 +22,6 @@ static inline u32 inl(u16 port)
     asm volatile("inl %1, %0" : "=a"(v) : "Nd"(port));
     return v;
 }
-static inline u64 rdtsc(void)
-{
-    u32 lo, hi;
-    asm volatile("rdtsc" : "=a"(lo), "=d"(hi));
-    return (u64)hi << 32 | lo;
-}
 
 // serial.c
 void serial_init(void);
@@ -44,6 +38,7 @@ void pci_scan(void);
 
 // timer.c
 extern u64 halted;
+u64 rdtsc(void);
 void pic_init(void);
 u64 idle(void);
 u64 tsc_khz(void);

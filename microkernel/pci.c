@@ -102,8 +102,7 @@ static void function(u32 type)
     u32 cmd = cfg(4), ok = 1;
     cfg_set(4, cmd & ~3);           // decode off while BARs hold all-ones
     ident("pci");
-    for (u64 n = 0; n < (type ? 2 : 6); n++) {     // a bridge (type 1) has two BARs
-        u32 off = 0x10 + 4 * n;
+    for (u32 off = 0x10; off < (type ? 0x18 : 0x28); off += 4) {   // a bridge has two BARs
         u64 size = probe(off), lo = old;
         int io = lo & 1, wide = (lo & 7) == 4;      // wide: 64-bit memory BAR
         size &= io ? ~3 : ~15;
@@ -113,20 +112,20 @@ static void function(u32 type)
             base |= (u64)old << 32;
         }
         size &= -size;              // the lowest bit that stuck is the size
-        if (!size)
-            continue;               // unimplemented BAR
-        if (!base) {                // unassigned: place it (a 64-bit BAR's high half stays 0)
-            base = align(next[io], size);
-            if (base + size > (io ? 0x10000 : 0xFEC00000))
-                ok = base = 0;      // no room: leave it, and decoding, off
-            else {
-                next[io] = base + size;
-                cfg_set(off, base);
+        if (size) {                 // implemented
+            if (!base) {            // unassigned: place it (a 64-bit BAR's high half stays 0)
+                base = align(next[io], size);
+                if (base + size > (io ? 0x10000 : 0xFEC00000)) {
+                    ok = base = 0;  // no room: leave it, and decoding, off
+                } else {
+                    next[io] = base + size;
+                    cfg_set(off, base);
+                }
             }
+            kprintf(" bar%1=%s%s:%1/%1", (u64)(off - 0x10) / 4, io ? "io" : wide ? "m64" : "m32",
+                    (lo & 9) == 8 ? "p" : "", base, size);
         }
-        kprintf(" bar%1=%s%s:%1/%1", n, io ? "io" : wide ? "m64" : "m32", (lo & 9) == 8 ? "p" : "",
-                base, size);
-        n += wide;
+        off += 4 * wide;
     }
     cfg_set(4, ok ? cmd | 7 : cmd); // I/O + memory decode, bus master
     kputc('\n');

@@ -3,6 +3,14 @@
 
 u64 halted;     // TSC ticks spent inside hlt (the `stats` command)
 
+// Out of line: six callers, and rdtsc's EDX:EAX needs stitching.
+u64 rdtsc(void)
+{
+    u64 t;
+    asm volatile("rdtsc; shl $32, %%rdx; or %%rdx, %%rax" : "=a"(t) : : "rdx");
+    return t;
+}
+
 // Remap the master PIC to vectors 0x20-0x27, clear of the CPU exceptions,
 // and let through only IRQ0 (PIT) and IRQ4 (COM1).  Auto-EOI mode: the CPU
 // acknowledges by taking the interrupt, so the handler is a bare iretq.  The
