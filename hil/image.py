@@ -160,7 +160,7 @@ def read_version(root: Path | None = None) -> str:
     path = (root or SOURCE_ROOT) / "microkernel" / "version.h"
     m = re.search(r'#define\s+PXOS_VERSION\s+"([^"]+)"', path.read_text())
     if not m:
-        raise BuildError(f"{path}: no `#define PXOS_VERSION \"x.y.z\"` line")
+        raise BuildError(f'{path}: no `#define PXOS_VERSION "x.y.z"` line')
     return m.group(1)
 
 
@@ -216,8 +216,9 @@ def _tool_versions(tools: dict[str, str], root: Path, log: list[str]) -> dict[st
         versions[prog] = memo[stamp]
     if changed:
         root.mkdir(parents=True, exist_ok=True)
-        tmp = memo_path.with_name(f".tools.{os.getpid()}.json")
-        tmp.write_text(json.dumps(memo, indent=1, sort_keys=True))
+        fd, tmp = tempfile.mkstemp(prefix=".tools.", suffix=".json", dir=root)
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(memo, indent=1, sort_keys=True))
         os.replace(tmp, memo_path)
     return versions
 
@@ -454,6 +455,13 @@ def _load(final: Path, key: str, budget: int, cached: bool) -> Image:
         cached=cached,
         build_log=final / "build.log",
     )
+
+
+def image_key(recipe: ImageRecipe, *, cache_root: Path | None = None) -> str:
+    """The cache key `build` would use for `recipe`, without building anything."""
+    tools = _find_tools()
+    versions = _tool_versions(tools, _cache_root(cache_root), [])
+    return _key(SOURCE_ROOT, _defines(recipe), _payload_bytes(recipe), versions)
 
 
 def build(

@@ -6,8 +6,8 @@
 #include "kernel.h"
 
 // 64-bit interrupt gates, 16 bytes each.  The kernel lives below 4 GiB, so
-// the upper 8 bytes (offset bits 63:32) stay 0.
-static u64 idt[0x28][2];
+// the upper 8 bytes (offset bits 63:32, reserved) stay 0.
+static u32 idt[0x28][4];
 static const struct __attribute__((packed)) {
     u16 limit;
     void *base;
@@ -17,9 +17,9 @@ extern char isr_sled[], irq_stub[];   // entry.asm
 void idt_init(void)
 {
     for (int v = 0; v < 0x28; v++) {
-        u64 a = (u64)(v < 32 ? isr_sled + 2 * v : irq_stub);
-        // offset 15:0 | selector 0x10 (64-bit code) | present, DPL 0, interrupt gate | offset 31:16
-        idt[v][0] = (a & 0xFFFF) | 0x10 << 16 | 0x8EUL << 40 | (a >> 16) << 48;
+        u32 a = (u32)(u64)(v < 32 ? isr_sled + 2 * v : irq_stub);
+        idt[v][0] = 0x10 << 16 | (a & 0xFFFF);      // selector 0x10 (64-bit code), offset 15:0
+        idt[v][1] = (a & 0xFFFF0000) | 0x8E00;      // offset 31:16, present, DPL 0, interrupt gate
     }
     asm volatile("lidt %0" : : "m"(idtr));
 }
