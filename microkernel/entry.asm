@@ -23,6 +23,7 @@ start64:                                ; rdi = hvm_start_info or NULL, rsi = TS
 ; carries the -initrd payload).  The loader's GDT is unknown, so load ours.
         bits    32
 pvh_entry:
+        cld                             ; string ops below (and C) assume DF=0
         lgdt    [gdt]
         PXOS_ENTER_LONG_MODE pvh_tables, pvh64
 
