@@ -1,8 +1,9 @@
 """Build the bootable pxOS image: boot sector + microkernel (+ payload).
 
-    recipe --> hash of every input --> cache hit?  yes: return it, run nothing
+    recipe --> hash of every input --> cache hit?  yes: reuse it, run nothing
                                         no:  nasm, gcc, ld, objcopy in a temp dir
-                                             -> size check -> disk image -> rename
+                                             -> measure -> disk image -> rename
+           --> size budget check (every time, cached or not) --> Image
 
 Outputs (one directory per input hash, docs/image.md):
     boot.bin     the 512-byte boot sector, hand-off block patched in
