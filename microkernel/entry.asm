@@ -1,0 +1,115 @@
+; microkernel/entry.asm -- the only assembly in the kernel: the two ways in
+; (BIOS and PVH) and the interrupt entry points.
+
+%include "longmode.inc"                 ; from boot/: shared with the boot sector
+
+extern  kmain, exception, vprint
+global  _start, isr_sled, irq_stub, kprintf
+
+; --- BIOS path ------------------------------------------------------------
+; The boot sector copies the image to 0x100000 and jumps to its first byte in
+; long mode, so _start must stay first (the linker script puts .text.entry
+; first).  Its page tables (0x1000) and GDT (0x7C00) stay in use.
+        section .text.entry align=1
+        bits    64
+_start: xor     edi, edi                ; kmain(NULL, 0): no start_info = BIOS path
+start64:                                ; rdi = hvm_start_info or NULL, rsi = TSC at lmode
+        mov     esp, stack_top
+        jmp     kmain
+
+; --- PVH path -------------------------------------------------------------
+; QEMU `-kernel kernel.elf` finds the note below and enters here in 32-bit
+; protected mode, paging off, with ebx = hvm_start_info (its module list
+; carries the -initrd payload).  The loader's GDT is unknown, so load ours.
+        bits    32
+pvh_entry:
+        cld                             ; string ops below (and C) assume DF=0
+        lgdt    [gdt]
+        PXOS_ENTER_LONG_MODE pvh_tables, pvh64
+
+        bits    64
+pvh64:  rdtsc                           ; `@stage lmode` for the PVH path
+        shl     rdx, 32
+        lea     rsi, [rax + rdx]
+        xor     eax, eax                ; SS still names the loader's GDT and an
+        mov     ss, eax                 ; iretq would reload it from ours: null it
+        mov     edi, ebx
+        jmp     start64
+
+; --- Exceptions -----------------------------------------------------------
+; IDT vector v (0-31) points at isr_sled + 2*v.  The sled is 32 two-byte
+; `push -1`: entering at v pushes 32-v copies of -1, then falls into
+; isr_common, which counts them to recover v.  Nothing the CPU pushed can be
+; -1 (error codes are 32-bit, RIP is a low canonical address), so the count
+; is exact.  That is 2 bytes per vector instead of a push+jmp stub.
+        section .text align=1
+isr_sled:
+%rep 32
+        push    byte -1
+%endrep
+isr_common:
+        push    33
+        pop     rdi
+.count: dec     edi
+        pop     rax
+        cmp     rax, byte -1
+        je      .count
+        push    rax                     ; not ours: the error code or RIP
+        xor     esi, esi                ; error code: 0 unless the CPU pushed one
+        mov     eax, (1 << 8) | (7 << 10) | (3 << 13) | (1 << 17) | (1 << 21) | (3 << 29)
+        bt      eax, edi                ; #DF #TS #NP #SS #GP #PF #AC #CP #VC #SX
+        jnc     .noerr
+        pop     rsi
+.noerr: mov     rdx, [rsp]              ; RIP of the faulting instruction
+        mov     rcx, cr2
+        jmp     exception               ; C, never returns
+
+; Hardware interrupts (PIC vectors 0x20-0x27).  The PIC runs in auto-EOI mode
+; and the idle loop polls the devices after every wake-up, so an interrupt
+; only has to end the `hlt`.
+irq_stub:
+        iretq
+
+; --- kprintf(fmt, ...) ------------------------------------------------------
+; The SysV ABI passes the first variadic arguments in rsi, rdx, rcx, r8, r9
+; and the rest on the stack, above the return address.  Pushing the five
+; registers right below the stack arguments (the return address popped out
+; of the way) makes all arguments one u64 array: vprint(fmt, args).  That is
+; much smaller than GCC's va_arg code, which tests for both cases each time.
+kprintf:
+        pop     rax                     ; return address
+        push    r9
+        push    r8
+        push    rcx
+        push    rdx
+        push    rsi
+        mov     rsi, rsp                ; u64 args[]
+        push    rax
+        call    vprint
+        pop     rax
+        add     rsp, 5 * 8
+        jmp     rax
+
+; --- PVH ELF note -----------------------------------------------------------
+; XEN_ELFNOTE_PHYS32_ENTRY (18): the 32-bit entry point.  QEMU reads a
+; 64-bit value from an ELF64 note.  QEMU reads notes from the file (PT_NOTE),
+; so the section is not allocated: it costs the loaded image nothing.
+        section .note.pvh note noalloc noexec nowrite align=4
+        dd      4, 8, 18
+        db      "Xen", 0
+        dq      pvh_entry
+
+        section .rodata
+        align   8
+        PXOS_GDT gdt
+
+        section .bss
+        align   16
+        resb    4096
+stack_top:
+
+; PVH page tables: six pages, outside .bss (the linker script puts them last;
+; on the BIOS path a payload may overlay them).
+        section .pgtables nobits alloc write noexec align=4096
+pvh_tables:
+        resb    6 * 4096

@@ -1,0 +1,44 @@
+// microkernel/kernel.h -- types, port I/O and what each file offers the others.
+#pragma once
+
+typedef unsigned char u8;
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef unsigned long u64;
+
+#define COM1 0x3F8
+
+static inline void outb(u16 port, u8 v) { asm volatile("outb %0, %1" : : "a"(v), "Nd"(port)); }
+static inline void outl(u16 port, u32 v) { asm volatile("outl %0, %1" : : "a"(v), "Nd"(port)); }
+static inline u8 inb(u16 port)
+{
+    u8 v;
+    asm volatile("inb %1, %0" : "=a"(v) : "Nd"(port));
+    return v;
+}
+static inline u32 inl(u16 port)
+{
+    u32 v;
+    asm volatile("inl %1, %0" : "=a"(v) : "Nd"(port));
+    return v;
+}
+
+// serial.c
+void serial_init(void);
+void kputc(char c);
+void kputs(const char *s);
+void kprintf(const char *fmt, ...);    // entry.asm: every argument must be a u64 or pointer
+
+// trap.c
+void idt_init(void);
+_Noreturn void qexit(u8 code);
+
+// pci.c
+void pci_scan(void);
+
+// timer.c
+extern u64 halted;
+u64 rdtsc(void);
+void pic_init(void);
+u64 idle(void);
+u64 tsc_khz(void);

@@ -1,0 +1,83 @@
+// microkernel/main.c -- boot order, stage markers, and the command loop.
+#include "boot.h"
+#include "version.h"
+
+static u64 t_kernel;    // TSC at the first C instruction: `stats` counts from here
+
+// tsc 0: now.
+static __attribute__((noinline)) void stage(const char *name, u64 tsc)
+{
+    kprintf("@stage %s tsc=%1\n", name, tsc ? tsc : rdtsc());
+}
+
+static int eq(const char *a, const char *b)
+{
+    while (*a && *a == *b)
+        a++, b++;
+    return *a == *b;
+}
+
+static void command(const char *line)
+{
+    if (eq(line, "stats"))
+        kprintf("stats busy=%1 halt=%1\n", rdtsc() - t_kernel - halted, halted);
+    else if (eq(line, "shutdown")) {
+        kputs("bye\n");
+        qexit(0);
+    } else if (eq(line, "ud"))
+        asm volatile("ud2");
+    else if (eq(line, "pf"))
+        (void)*(volatile u8 *)(1UL << 32);  // first byte above the 4 GiB identity map
+    else
+        kprintf("? %s\n", line);
+}
+
+// si: PVH start_info, or NULL on the BIOS path.  tsc_lmode: PVH only.
+_Noreturn void kmain(struct hvm_start_info *si, u64 tsc_lmode)
+{
+    t_kernel = rdtsc();
+    serial_init();
+    idt_init();
+    kprintf("pxOS microkernel " PXOS_VERSION " %s\n", si ? "pvh" : "bios");
+    u64 addr, size;
+    if (si) {
+        stage("lmode", tsc_lmode);
+        struct hvm_modlist_entry *m = (void *)si->modlist_paddr;
+        addr = si->nr_modules ? m->paddr : 0;
+        size = si->nr_modules ? m->size : 0;
+    } else {
+        stage("boot", HANDOFF->tsc_boot);
+        stage("lmode", HANDOFF->tsc_lmode);
+        addr = HANDOFF->payload_addr;
+        size = HANDOFF->payload_size;
+    }
+    if (size)
+        kprintf("@payload addr=%1 size=%1\n", addr, size);
+    stage("kernel", t_kernel);
+#if PXOS_BOOT_FAULT
+    asm volatile("ud2");    // image option: prove exception reporting at boot
+#endif
+    pci_scan();
+    stage("pci", 0);
+    pic_init();
+    stage("ready", 0);
+    kprintf("@tsc khz=%1\n", tsc_khz());
+
+    // Idle loop: interrupts stay off except inside idle()'s `sti; hlt`.
+    char line[32];
+    u32 n = 0;
+    for (;;) {
+        while (inb(COM1 + 5) & 1) {     // LSR.DR: a byte is waiting
+            char c = inb(COM1);
+            if (c == '\r' || c == '\n') {
+                if (n) {
+                    line[n] = 0;
+                    command(line);
+                    n = 0;
+                }
+            } else if (n < sizeof line - 1)
+                line[n++] = c;
+        }
+        idle();
+    }
+}

@@ -1,0 +1,163 @@
+// microkernel/pci.c -- find every PCI function, size and place its BARs, print it.
+//
+// Config space: ECAM on q35 (memory-mapped, 4 KiB per function), the legacy
+// 0xCF8/0xCFC ports on pc (i440fx).  We walk bus 0 and follow PCI-PCI
+// bridges instead of probing all 256 buses: every config access is a VM exit.
+//
+// SeaBIOS assigns BARs and bridge windows; qboot (the PVH path) assigns
+// nothing.  So a BAR that reads 0 gets an address from a bump allocator in the
+// 32-bit PCI hole, and a bridge gets windows around what we placed behind it.
+// Either way every function ends with memory + I/O decode and bus mastering
+// on (later drivers DMA).
+#include "kernel.h"
+
+static u64 ecam;    // ECAM base; 0 = legacy ports
+static u32 cur;     // the function we are looking at: bus << 8 | device << 3 | function
+static u32 old;     // what probe() found in the register before sizing it
+// Next free BAR address: [0] memory, above q35's ECAM window (0xB0000000,
+// 256 MiB) and below the IOAPIC (0xFEC00000); [1] I/O ports, up to 0xFFFF.
+static u32 next[2] = {0xC0000000, 0xC000};
+
+// Address of config register `off` of `cur` in ECAM, or 0 after pointing the
+// legacy window (0xCFC) at it.
+static volatile u32 *reg(u32 off)
+{
+    if (ecam)
+        return (volatile u32 *)(ecam + (cur << 12) + off);
+    outl(0xCF8, 0x80000000 | cur << 8 | off);   // device lands in bits 15:11
+    return 0;
+}
+
+static u32 cfg(u32 off)
+{
+    volatile u32 *r = reg(off);
+    return r ? *r : inl(0xCFC);
+}
+
+static void cfg_set(u32 off, u32 v)
+{
+    volatile u32 *r = reg(off);
+    if (r)
+        *r = v;
+    else
+        outl(0xCFC, v);
+}
+
+// BAR sizing: write all-ones, read back what sticks, put the old value back.
+static u32 probe(u32 off)
+{
+    old = cfg(off);
+    cfg_set(off, ~0);
+    u32 r = cfg(off);
+    cfg_set(off, old);
+    return r;
+}
+
+static u64 align(u64 a, u64 n) { return (a + n - 1) & -n; }
+
+// Bridge windows have 1 MiB (memory) and 4 KiB (I/O) granularity.
+static void align_windows(void)
+{
+    next[0] = align(next[0], 1 << 20);
+    next[1] = align(next[1], 1 << 12);
+}
+
+static void ident(const char *tag)
+{
+    u32 id = cfg(0);
+    kprintf("%s %2:%2.%1 %4:%4 %6", tag, (u64)cur >> 8, (u64)cur >> 3 & 31, (u64)cur & 7,
+            (u64)id & 0xFFFF, (u64)id >> 16, (u64)cfg(8) >> 8);
+}
+
+static void scan_bus(u32 bus);
+
+// Behind a bridge.  Both firmwares we boot from number the buses (qboot
+// too), but only SeaBIOS opens the bridge windows.  So if we placed BARs
+// behind a bridge, open its windows over exactly that space: memory in 1 MiB,
+// I/O in 4 KiB units; prefetchable BARs share the plain memory window, the
+// prefetchable one stays shut.  An unnumbered bridge (secondary bus 0) is
+// skipped rather than scanned as bus 0 again.
+static void bridge(void)
+{
+    u32 me = cur, bus = cfg(0x18) >> 8 & 0xFF;
+    if (!bus)
+        return;
+    align_windows();
+    u32 m0 = next[0], i0 = next[1];
+    scan_bus(bus);
+    align_windows();
+    u32 m1 = next[0], i1 = next[1];
+    cur = me;
+    if (m1 != m0 || i1 != i0) {
+        cfg_set(0x1C, i0 >> 8 | ((i1 - 1) & 0xF000));         // I/O base/limit
+        cfg_set(0x20, m0 >> 16 | ((m1 - 1) & 0xFFF00000));    // memory base/limit
+        cfg_set(0x24, 0xFFF0);                                // prefetchable: shut
+    }
+}
+
+// One function: its `pci` line with every BAR (placing unassigned ones), and
+// a `gpu` line for display controllers (class 03).  type: header type 0 or 1.
+static void function(u32 type)
+{
+    u32 cmd = cfg(4), ok = 1;
+    cfg_set(4, cmd & ~3);           // decode off while BARs hold all-ones
+    ident("pci");
+    for (u32 off = 0x10; off < (type ? 0x18 : 0x28); off += 4) {   // a bridge has two BARs
+        u64 size = probe(off), lo = old;
+        int io = lo & 1, wide = (lo & 7) == 4;      // wide: 64-bit memory BAR
+        size &= io ? ~3 : ~15;
+        u64 base = lo & (io ? ~3 : ~15);
+        if (wide) {
+            size |= (u64)probe(off + 4) << 32;
+            base |= (u64)old << 32;
+        }
+        size &= -size;              // the lowest bit that stuck is the size
+        if (size) {                 // implemented
+            if (!base) {            // unassigned: place it (a 64-bit BAR's high half stays 0)
+                base = align(next[io], size);
+                if (base + size > (io ? 0x10000 : 0xFEC00000)) {
+                    ok = base = 0;  // no room: leave it, and decoding, off
+                } else {
+                    next[io] = base + size;
+                    cfg_set(off, base);
+                }
+            }
+            kprintf(" bar%1=%s%s:%1/%1", (u64)(off - 0x10) / 4, io ? "io" : wide ? "m64" : "m32",
+                    (lo & 9) == 8 ? "p" : "", base, size);
+        }
+        off += 4 * wide;
+    }
+    cfg_set(4, ok ? cmd | 7 : cmd); // I/O + memory decode, bus master
+    kputc('\n');
+    if (cfg(8) >> 24 == 3) {
+        ident("gpu");
+        kputc('\n');
+    }
+    if (type == 1)
+        bridge();
+}
+
+static void scan_bus(u32 bus)
+{
+    for (u32 bdf = bus << 8; bdf < (bus + 1) << 8; bdf++) {
+        cur = bdf;
+        u32 hdr = 0;                        // absent: treated as single-function
+        if ((u16)cfg(0) != 0xFFFF)          // vendor ID: is anybody there?
+            function((hdr = cfg(0x0C) >> 16) & 0x7F);   // header type; bit 7: multi-function
+        if (!(bdf & 7) && !(hdr & 0x80))
+            bdf += 7;                       // no function 0, or single-function: skip 1-7
+    }
+}
+
+void pci_scan(void)
+{
+    // 8086:29c0 is q35's host bridge.  Its PCIEXBAR (config 0x60) turns the
+    // ECAM window on; SeaBIOS sets it to 0xB0000000, qboot leaves it off.
+    if (cfg(0) == 0x29C08086) {
+        u32 bar = cfg(0x60);
+        if (!(bar & 1))
+            cfg_set(0x60, bar = 0xB0000001);
+        ecam = bar & 0xF0000000;
+    }
+    scan_bus(0);
+}
