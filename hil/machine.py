@@ -43,6 +43,7 @@ class MachineConfig:
     cpu: str | None
     memory_mib: int
     cpus: int
+    acpi: bool
     boot: str  # bios | pvh
     disk: Path | None  # boot disk (bios)
     kernel: Path | None  # PVH ELF (pvh)
@@ -64,7 +65,7 @@ def qemu_argv(cfg: MachineConfig, serial_path: str, qmp_path: str, log_path: Pat
         "-name",
         f"pxos-{cfg.name},debug-threads=on",
         "-machine",
-        f"{cfg.machine},accel={cfg.accel}",
+        f"{cfg.machine},accel={cfg.accel}" + ("" if cfg.acpi else ",acpi=off"),
         "-m",
         str(cfg.memory_mib),
         "-smp",

@@ -23,6 +23,7 @@ KEYS = (
     "memory",
     "cpus",
     "cpu",
+    "acpi",
     "devices",
     "gpu",
     "qemu_args",
@@ -40,6 +41,7 @@ class Profile:
     memory_mib: int = 128
     cpus: int = 1
     cpu: str | None = None  # None: 'host' under KVM, QEMU's default under TCG
+    acpi: bool = True  # QEMU's ACPI tables; the kernel does not use them
     devices: tuple[dev.Device, ...] = ()
     gpu: str = "none"
     qemu_args: tuple[str, ...] = field(default_factory=tuple)
@@ -55,6 +57,7 @@ class Profile:
             "memory_mib": self.memory_mib,
             "cpus": self.cpus,
             "cpu": self.cpu,
+            "acpi": self.acpi,
             "devices": [repr(d) for d in self.devices],
             "gpu": self.gpu,
             "qemu_args": list(self.qemu_args),
@@ -106,6 +109,7 @@ def load_profile(path: Path) -> Profile:
     if cpus is not None and not 1 <= cpus <= 64:
         f.error("cpus", "must be between 1 and 64.")
     cpu = f.get("cpu", str, None, example="cpu: host")
+    acpi = f.get("acpi", bool, True, example="acpi: false")
     gpu = f.choice("gpu", GPUS, "none")
     qargs = f.get("qemu_args", list, [], example="qemu_args: ['-device', 'pvpanic']")
     if qargs and not all(isinstance(a, str) for a in qargs):
@@ -131,6 +135,7 @@ def load_profile(path: Path) -> Profile:
         memory_mib=memory,
         cpus=cpus,
         cpu=cpu,
+        acpi=acpi,
         devices=tuple(devices),
         gpu=gpu,
         qemu_args=tuple(qargs or ()),

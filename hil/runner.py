@@ -147,6 +147,7 @@ def _machine_config(plan: Plan, img, run_dir: Path, opts: RunOptions, data: dict
         cpu=p.cpu,
         memory_mib=p.memory_mib,
         cpus=p.cpus,
+        acpi=p.acpi,
         boot=p.boot,
         disk=img.disk,
         kernel=img.elf,
