@@ -66,16 +66,23 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-n", "--runs", type=int, default=10)
     ap.add_argument("--idle", type=float, default=1.0, help="idle window, seconds")
-    ap.add_argument("--profile", action="append",
-                    help="profiles to measure (default: q35-tcg-bios q35-tcg-pvh q35-kvm-pvh)")
+    ap.add_argument(
+        "--profile",
+        action="append",
+        help="profiles to measure (default: q35-tcg-bios q35-tcg-pvh q35-kvm-pvh)",
+    )
     args = ap.parse_args()
     profiles = args.profile or ["q35-tcg-bios", "q35-tcg-pvh", "q35-kvm-pvh"]
     k = host.kvm()
-    print(f"host: {host.version(host.QEMU)}; KVM: {'usable' if k.usable else k.reason}"
-          f"{' (nested)' if k.nested else ''}; {args.runs} runs per profile, "
-          f"idle window {args.idle:g} s\n")
-    head = (f"{'profile':<14} {'accel (idle method)':<28} {'ready median':>12} {'min':>7} "
-            f"{'max':>7} {'1st line':>8} {'idle min':>9} {'target':>14}")
+    print(
+        f"host: {host.version(host.QEMU)}; KVM: {'usable' if k.usable else k.reason}"
+        f"{' (nested)' if k.nested else ''}; {args.runs} runs per profile, "
+        f"idle window {args.idle:g} s\n"
+    )
+    head = (
+        f"{'profile':<14} {'accel (idle method)':<28} {'ready median':>12} {'min':>7} "
+        f"{'max':>7} {'1st line':>8} {'idle min':>9} {'target':>14}"
+    )
     print(head)
     print("-" * len(head))
     ok = True
@@ -95,11 +102,15 @@ def main() -> int:
             if target is not None:
                 met = med <= target and min(r["idle"]) >= IDLE_TARGET
                 verdict = f"<={target:g} ms {'met' if met else 'MISSED'}"
-            print(f"{profile:<14} {r['accel']:<28} {med:>9.1f} ms {min(r['boot']):>7.1f} "
-                  f"{max(r['boot']):>7.1f} {statistics.median(r['first']):>8.1f} "
-                  f"{min(r['idle']) * 100:>8.2f}% {verdict:>14}")
-    print("\nready = host ms from the fork of QEMU to the '@stage ready' line (boot_ms); "
-          "1st line = to the first console line; idle = least idle vCPU in the window.")
+            print(
+                f"{profile:<14} {r['accel']:<28} {med:>9.1f} ms {min(r['boot']):>7.1f} "
+                f"{max(r['boot']):>7.1f} {statistics.median(r['first']):>8.1f} "
+                f"{min(r['idle']) * 100:>8.2f}% {verdict:>14}"
+            )
+    print(
+        "\nready = host ms from the fork of QEMU to the '@stage ready' line (boot_ms); "
+        "1st line = to the first console line; idle = least idle vCPU in the window."
+    )
     return 0 if ok else 1
 
 

@@ -174,3 +174,10 @@ class IdleProbe:
                     }
                 )
         return IdleWindow(self.method, t1 - t0, vcpus)
+
+
+def doc_table() -> str:
+    """The metric table of docs/metrics.md (tests keep the doc equal to this)."""
+    rows = ["| metric | meaning |", "|---|---|"]
+    rows += [f"| `{name}` | {text} |" for name, text in CATALOGUE.items()]
+    return "\n".join(rows)

@@ -1,0 +1,17 @@
+"""Docs generated from code stay equal to the code (one source of truth per fact)."""
+
+from pathlib import Path
+
+from hil import metrics
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+def test_metrics_table_is_current():
+    text = (DOCS / "metrics.md").read_text()
+    start = text.index("-->", text.index("<!-- metrics-table")) + 3
+    end = text.index("<!-- /metrics-table -->")
+    assert text[start:end].strip() == metrics.doc_table(), (
+        "docs/metrics.md is stale: paste the output of "
+        "python -c 'from hil.metrics import doc_table; print(doc_table())'"
+    )
