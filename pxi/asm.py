@@ -47,7 +47,7 @@ _IDENT = r"[A-Za-z_.][A-Za-z0-9_.]*"
 _LABEL_RE = re.compile(rf"^\s*({_IDENT})\s*:(?!:)")
 _CONST_RE = re.compile(rf"^\s*({_IDENT})\s*=(?!=)\s*(.+)$")
 _REG_RE = re.compile(r"^[rR]([0-9]{1,2})$")
-_DATA_DIRECTIVES = {".byte", ".ascii", ".asciz", ".hex", ".zero", ".align"}
+_DATA_DIRECTIVES = {".byte", ".ascii", ".asciz", ".hex", ".incbin", ".zero", ".align"}
 _NEUTRAL_DIRECTIVES = {".word", ".pixel"}  # join the section they appear in
 _DIRECTIVES = {
     ".width",
@@ -350,6 +350,9 @@ class Assembler:
             return (len(self._text_bytes(s)) + 3) // 4
         if op == ".hex":
             return (len(self._hex(s)) + 3) // 4
+        if op == ".incbin":
+            s.payload = self._incbin(s)
+            return (len(s.payload) + 3) // 4
         if op == ".word":
             return len(s.args)
         if op == ".pixel":
@@ -400,6 +403,15 @@ class Assembler:
             return bytes.fromhex(text)
         except ValueError:
             raise AsmError(s.where, ".hex takes pairs of hex digits (whitespace allowed).") from None
+
+    def _incbin(self, s: _Stmt) -> bytes:
+        if len(s.args) != 1:
+            raise AsmError(s.where, 'usage: .incbin "file" (its bytes, relative to this source).')
+        path = Path(s.file).parent / self._string(s.args[0], s.where)
+        try:
+            return path.read_bytes()
+        except OSError as e:
+            raise AsmError(s.where, f"cannot read {path} ({e.strerror}).") from None
 
     def _load_matrix(self, s: _Stmt):
         if len(s.args) != 1:
@@ -494,6 +506,8 @@ class Assembler:
             return pack_bytes(np.frombuffer(self._text_bytes(s), np.uint8))
         if op == ".hex":
             return pack_bytes(np.frombuffer(self._hex(s), np.uint8))
+        if op == ".incbin":
+            return pack_bytes(np.frombuffer(s.payload, np.uint8))
         if op == ".word":
             return [self._ranged(a, s, -(1 << 31), (1 << 32) - 1, "a 32-bit word") & 0xFFFFFFFF for a in s.args]
         if op == ".pixel":
