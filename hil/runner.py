@@ -8,6 +8,8 @@ rejected earlier, by hil.scenario.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import datetime as dt
 import time
 from dataclasses import dataclass
@@ -23,6 +25,8 @@ from .progress import Progress
 from .scenario import Scenario
 from .steps import Outcome, StepRunner
 from .verdict import ERROR, FAIL, INTERRUPTED, PASS, StepFailed, Verdict
+from .vgpu.driver import BridgeProcess
+from .vgpu.results import gpu_results
 
 
 @dataclass
@@ -67,13 +71,26 @@ def run_scenario(scenario: Scenario, opts: RunOptions, progress: Progress) -> Ru
     outcome = Outcome([])
     verdict: Verdict | None = None
     machine: QemuMachine | None = None
+    bridge: BridgeProcess | None = None
     console: Console | None = None
     img = None
     try:
         img = _build(plan, opts, progress, run_dir, data)
         data["durations"]["build_s"] = round(time.monotonic() - t0, 3)
         cfg = _machine_config(plan, img, run_dir, opts, data)
-        with QemuMachine(cfg, run_dir) as machine:
+        with contextlib.ExitStack() as stack:
+            watchdogs = []
+            if plan.gpu is not None:
+                # The bridge listens before QEMU starts and is stopped after it (LIFO).
+                o = plan.gpu.options
+                bridge = stack.enter_context(
+                    BridgeProcess(run_dir, plan.gpu.vram, o.backend, o.budget))
+                cfg = dataclasses.replace(
+                    cfg, device_args=cfg.device_args + tuple(bridge.qemu_args()))
+            machine = stack.enter_context(QemuMachine(cfg, run_dir))
+            if bridge is not None:
+                # The bridge leaves when QEMU hangs up; only while QEMU runs is that a fault.
+                watchdogs.append(lambda: machine.poll() is None and bridge.check())
             data["qemu"]["argv"] = machine.argv
             progress.launched()
             console = Console(
@@ -82,7 +99,8 @@ def run_scenario(scenario: Scenario, opts: RunOptions, progress: Progress) -> Ru
                 run_dir / "serial.log",
                 on_line=lambda ln: progress.console(ln.text, ln.t),
             )
-            runner = StepRunner(scenario, machine, console, plan.accel, on_step=progress.step)
+            runner = StepRunner(scenario, machine, console, plan.accel, on_step=progress.step,
+                                watchdogs=watchdogs)
             outcome = runner.out
             try:
                 runner.run()
@@ -93,6 +111,10 @@ def run_scenario(scenario: Scenario, opts: RunOptions, progress: Progress) -> Ru
             data["durations"]["machine_s"] = round(time.monotonic() - machine.launched, 3)
             data["qemu"]["events"] = [e for _, e in machine.qmp.events()] if machine.qmp else []
             data["qemu"]["exit_status"] = machine.stop()
+            if bridge is not None:
+                bridge.stop()
+        if bridge is not None:
+            verdict = gpu_results(plan, run_dir, bridge.stats(), console, verdict, data)
     except KeyboardInterrupt:
         verdict = Verdict(
             INTERRUPTED,
@@ -176,6 +198,7 @@ def _finish(
     if outcome.idle_windows:
         m["cpu_idle"] = min(w.idle for w in outcome.idle_windows)
         m["wakeups_per_s"] = max(w.wakeups_per_s for w in outcome.idle_windows)
+    m.update((data.get("gpu") or {}).get("metrics", {}))
     m.update(outcome.recorded)
     data["metrics"] = m
     data["idle_windows"] = [w.to_json() for w in outcome.idle_windows]

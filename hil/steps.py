@@ -126,8 +126,12 @@ class StepRunner:
         console: Console,
         accel: str,
         on_step: Callable[[StepResult], None] = lambda r: None,
+        watchdogs: list[Callable[[], None]] | None = None,
     ):
         self.sc = scenario
+        # Called between console reads; each raises (InfraError) if a helper process of
+        # the machine -- the vGPU bridge -- died.
+        self.watchdogs = watchdogs or []
         self.m = machine
         self.c = console
         self.accel = accel
@@ -193,6 +197,9 @@ class StepRunner:
                 if seconds is not None and end == step_end:
                     return None
                 self._timed_out(step, waiting_for, overall=end < step_end)
+            self.m.release_console()
+            for check in self.watchdogs:
+                check()
             try:
                 line = self.c.read_line(min(left, 0.5))
             except ConsoleClosed:

@@ -67,6 +67,9 @@ class PtyGuest:
     def stderr_tail(self) -> str:
         return ""
 
+    def release_console(self) -> None:
+        pass
+
     def close(self) -> None:
         for fd in (self.console_fd, self.slave):
             if fd is not None:
