@@ -80,7 +80,9 @@ def test_neural_ops_match_float32_reference(tmp_path, inline_work):
         assert st.status[0] == 1, f"{ex.backend} did not halt"
         _close(_floats(ex, OUT, ROWS * N), out)
         _close(_floats(ex, H, ROWS * N), h)
-        assert np.array_equal(_floats(ex, L, K), emb)  # a lookup: exact
+        # A lookup, but dequantization divides, and WGSL's f32 division may be off by
+        # 2.5 ULP (NVIDIA's is): exact on lavapipe, within a few ULP on real GPUs.
+        assert np.allclose(_floats(ex, L, K), emb, rtol=1e-6, atol=1e-6)
         assert st.regs[0, 7] == int(np.argmax(_floats(exs[0], H, ROWS * N)))
     assert exs[0].state().regs[0, 7] == exs[1].state().regs[0, 7]
 
