@@ -130,7 +130,14 @@ def bench_matmul(n: int, backends: list[str], tiles: list[str], seconds: float, 
             t0 = time.perf_counter()
             ex.run(2)
             dt = time.perf_counter() - t0
-            row("pxi matmul (end to end)", "numpy executor", n, flop / dt / 1e12, "TFLOP/s", f"{dt * 1e3:.1f} ms")
+            row(
+                "pxi matmul (end to end)",
+                "numpy executor",
+                n,
+                flop / dt / 1e12,
+                "TFLOP/s",
+                f"{dt * 1e3:.1f} ms",
+            )
             continue
         for tname in tiles:
             tile = TILES[tname]
@@ -161,10 +168,22 @@ def bench_matmul(n: int, backends: list[str], tiles: list[str], seconds: float, 
             ex.sync()
             kt = (time.perf_counter() - t0) / k
             name = ex.gpu.info.get("device", "?")
-            row("pxi matmul kernel", f"wgpu {name[:18]} {tile}", n, flop / kt / 1e12, "TFLOP/s",
-                f"{kt * 1e3:.2f} ms, {flop / kt / base:.0f}x numpy, rel err {err:.1e}")
-            row("pxi matmul (end to end)", f"wgpu {name[:18]} {tile}", n, e2e / 1e12, "TFLOP/s",
-                f"{t / reps * 1e3:.2f} ms per run(), {e2e / base:.0f}x numpy")
+            row(
+                "pxi matmul kernel",
+                f"wgpu {name[:18]} {tile}",
+                n,
+                flop / kt / 1e12,
+                "TFLOP/s",
+                f"{kt * 1e3:.2f} ms, {flop / kt / base:.0f}x numpy, rel err {err:.1e}",
+            )
+            row(
+                "pxi matmul (end to end)",
+                f"wgpu {name[:18]} {tile}",
+                n,
+                e2e / 1e12,
+                "TFLOP/s",
+                f"{t / reps * 1e3:.2f} ms per run(), {e2e / base:.0f}x numpy",
+            )
 
 
 def bench_cublas(n: int) -> None:
@@ -187,7 +206,14 @@ def bench_cublas(n: int) -> None:
         a @ b
     torch.cuda.synchronize()
     dt = (time.perf_counter() - t0) / k
-    row("cuBLAS f32 (torch, no TF32)", torch.cuda.get_device_name(0)[:34], n, 2 * n**3 / dt / 1e12, "TFLOP/s", f"{dt * 1e3:.2f} ms")
+    row(
+        "cuBLAS f32 (torch, no TF32)",
+        torch.cuda.get_device_name(0)[:34],
+        n,
+        2 * n**3 / dt / 1e12,
+        "TFLOP/s",
+        f"{dt * 1e3:.2f} ms",
+    )
 
 
 # --- char model ------------------------------------------------------------------------------
@@ -209,15 +235,23 @@ def bench_charmodel(backends: list[str], tokens: int) -> None:
             res = drive(ex, Bus(), max_steps=500_000_000)
             dt = time.perf_counter() - t0
         assert not res.faults
-        row("char model generate", ex.describe()[:34], tokens, tokens / dt, "tokens/s",
-            f"{res.steps} pixel instructions incl. rendering, {dt:.2f} s")
+        row(
+            "char model generate",
+            ex.describe()[:34],
+            tokens,
+            tokens / dt,
+            "tokens/s",
+            f"{res.steps} pixel instructions incl. rendering, {dt:.2f} s",
+        )
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--backends", default="numpy,wgpu")
     ap.add_argument("--threads", default="1,256,10000")
-    ap.add_argument("--numpy-threads", default=None, help="thread counts for numpy (default: --threads)")
+    ap.add_argument(
+        "--numpy-threads", default=None, help="thread counts for numpy (default: --threads)"
+    )
     ap.add_argument("--matmul", default="1024")
     ap.add_argument("--tiles", default="64")
     ap.add_argument("--tokens", type=int, default=120)
@@ -227,7 +261,9 @@ def main() -> int:
     a = ap.parse_args()
     backends = [b for b in a.backends.split(",") if b]
     skip = set(a.skip.split(","))
-    print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, numpy {np.__version__}")
+    print(
+        f"machine: {cpu_name()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, numpy {np.__version__}"
+    )
     if "wgpu" in backends:
         from pxi.gpu import get_gpu
 

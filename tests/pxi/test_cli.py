@@ -33,7 +33,9 @@ def test_asm_disasm_info(tmp_path, capsys):
 
 @pytest.mark.parametrize("backend", ["numpy", pytest.param("wgpu", marks=pytest.mark.wgpu)])
 def test_run_hello(capsys, backend):
-    code, out, err = run(capsys, "run", str(PROGRAMS / "hello.pxs"), "--backend", backend, "--busy-polls", "1")
+    code, out, err = run(
+        capsys, "run", str(PROGRAMS / "hello.pxs"), "--backend", backend, "--busy-polls", "1"
+    )
     assert code == 0, err
     assert "Hello from GPU OS!\n" in out and "requests: 64 (port_in 38, port_out 26)" in out
     assert "thread 0: halted at pc 6 (x=6, y=0), 333 steps" in out and "r3 =0x0000002f" in out
@@ -44,7 +46,9 @@ def test_run_hello(capsys, backend):
 def test_user_errors_are_one_paragraph(tmp_path, capsys):
     (tmp_path / "bad.pxs").write_text("nop\nadd r1, r2, r99\n")
     code, out, err = run(capsys, "asm", str(tmp_path / "bad.pxs"))
-    assert code == 2 and err.startswith("pxi: error: ") and "bad.pxs:2: 'r99' is not a register" in err
+    assert (
+        code == 2 and err.startswith("pxi: error: ") and "bad.pxs:2: 'r99' is not a register" in err
+    )
     assert "Traceback" not in err
     Image.new("RGB", (4, 4)).save(tmp_path / "rgb.png")
     code, _, err = run(capsys, "run", str(tmp_path / "rgb.png"))
@@ -67,7 +71,14 @@ def test_mmio_and_events(tmp_path, capsys):
         "li32 r0, 0xfebf0000\nli r1, 0\nmrd r2, r0, 32\nmrd r3, r0, 32\nmwr r0, r3, 32\nwait r4, r1\nhalt\n"
     )
     code, out, err = run(
-        capsys, "run", str(tmp_path / "m.pxs"), "--mmio", "0xfebf0000=7,9", "--event", "5", "--requests"
+        capsys,
+        "run",
+        str(tmp_path / "m.pxs"),
+        "--mmio",
+        "0xfebf0000=7,9",
+        "--event",
+        "5",
+        "--requests",
     )
     assert code == 0, err
     assert "r2 =0x00000007  r3 =0x00000009" in out and "r4 =0x00000005" in out
@@ -105,7 +116,9 @@ def test_store_dedupes_matrices(tmp_path, capsys):
 @pytest.mark.wgpu
 def test_generate_png(tmp_path, capsys):
     png = tmp_path / "gen.png"
-    code, out, err = run(capsys, "generate", "--backend", "wgpu", "--tokens", "30", "--png", str(png))
+    code, out, err = run(
+        capsys, "generate", "--backend", "wgpu", "--tokens", "30", "--png", str(png)
+    )
     assert code == 0, err
     assert "text: 'The GPU " in out and "tokens/s" in out
     img = np.asarray(Image.open(png))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from pxi_util import asm, run_both
+from pxi_util import run_both
 
 from pxi.backends import create
 from pxi.matrix import dequantize, quantize
@@ -70,10 +70,17 @@ def _floats(ex, addr, n):
     return np.frombuffer(ex.read_memory(addr, 4 * n), np.float32)
 
 
-@pytest.mark.parametrize("inline_work", [1 << 16, 0])  # inline in the interpreter / deferred tiled dispatches
+@pytest.mark.parametrize(
+    "inline_work", [1 << 16, 0]
+)  # inline in the interpreter / deferred tiled dispatches
 def test_neural_ops_match_float32_reference(tmp_path, inline_work):
     prog, x, qs = _program(tmp_path)
-    exs, _ = run_both(prog, memory=0x4000, setup=lambda ex: ex.write_memory(IN, x.tobytes()), inline_work=inline_work)
+    exs, _ = run_both(
+        prog,
+        memory=0x4000,
+        setup=lambda ex: ex.write_memory(IN, x.tobytes()),
+        inline_work=inline_work,
+    )
     out, h, emb = _reference(x, qs)
     for ex in exs:
         st = ex.state()
