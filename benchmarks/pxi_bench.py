@@ -227,7 +227,7 @@ def bench_charmodel(backends: list[str], tokens: int) -> None:
     prog = assemble_file(program_path())
     prompt = b"The GPU "
     for backend in backends:
-        for attempt in range(2):  # the first run compiles shaders
+        for _attempt in range(2):  # the first run compiles shaders
             ex = create(backend, prog, 256, 65536)
             ex.write_memory(TEXT, prompt)
             ex.write_memory(PROMPT_LEN, np.array([len(prompt), tokens], np.uint32).tobytes())
