@@ -142,11 +142,15 @@ class Assembler:
         path = path.resolve()
         if path in self._including:
             chain = " -> ".join(p.name for p in [*self._including, path])
-            raise AsmError(where or str(path), f"include cycle: {chain}; remove one of the .include lines.")
+            raise AsmError(
+                where or str(path), f"include cycle: {chain}; remove one of the .include lines."
+            )
         try:
             text = path.read_text()
         except (OSError, UnicodeDecodeError) as e:
-            raise AsmError(where or str(path), f"cannot read {path} ({e}); check the path.") from None
+            raise AsmError(
+                where or str(path), f"cannot read {path} ({e}); check the path."
+            ) from None
         self._including.append(path)
         self.read_text(text, str(path))
         self._including.pop()
@@ -241,14 +245,19 @@ class Assembler:
             if isinstance(node.op, (ast.LShift, ast.RShift)) and not 0 <= b < 64:
                 raise AsmError(where, f"shift by {b} in '{text}' (want 0..63).")
             return ops[type(node.op)](a, b)
-        elif isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd, ast.Invert)):
+        elif isinstance(node, ast.UnaryOp) and isinstance(
+            node.op, (ast.USub, ast.UAdd, ast.Invert)
+        ):
             v = self._ev(node.operand, text, where)
             return {ast.USub: -v, ast.UAdd: v, ast.Invert: ~v}[type(node.op)]
         elif isinstance(node, ast.Name):
             return self._lookup(node.id, where)
         elif isinstance(node, ast.Attribute):  # names with dots: a.b
             return self._lookup(ast.unparse(node), where)
-        raise AsmError(where, f"unsupported expression '{text}' (integers, 'c', names, + - * / % << >> & | ^ ~).")
+        raise AsmError(
+            where,
+            f"unsupported expression '{text}' (integers, 'c', names, + - * / % << >> & | ^ ~).",
+        )
 
     def _lookup(self, name: str, where: str) -> int:
         entry = self.names.get(name)
@@ -258,7 +267,10 @@ class Assembler:
             raise AsmError(where, f"undefined name '{name}'.{hint}")
         if entry[0] == "label":
             if entry[1] is None:
-                raise AsmError(where, f"label '{name}' is used where its value must already be known (a size or count); use a constant.")
+                raise AsmError(
+                    where,
+                    f"label '{name}' is used where its value must already be known (a size or count); use a constant.",
+                )
             return entry[1]
         if name in self._evaluating:
             raise AsmError(where, f"constant '{name}' is defined in terms of itself.")
@@ -300,16 +312,25 @@ class Assembler:
             elif s.op == ".hex" and matrix_bytes_due:
                 n = len(self._hex(s))
                 if n > matrix_bytes_due:
-                    raise AsmError(s.where, f"{n} bytes of .hex but the matrix of {matrix_stmt.where} needs only {matrix_bytes_due} more.")
+                    raise AsmError(
+                        s.where,
+                        f"{n} bytes of .hex but the matrix of {matrix_stmt.where} needs only {matrix_bytes_due} more.",
+                    )
                 if n % 4 and n != matrix_bytes_due:
-                    raise AsmError(s.where, "inside a matrix, each .hex line must hold a multiple of 4 bytes (except the last).")
+                    raise AsmError(
+                        s.where,
+                        "inside a matrix, each .hex line must hold a multiple of 4 bytes (except the last).",
+                    )
                 matrix_bytes_due -= n
                 s.payload = "matrix-data"
             pc += s.size
             if pc > MAX_PIXELS:
                 raise AsmError(s.where, f"the program exceeds {MAX_PIXELS} pixels.")
         if matrix_bytes_due:
-            raise AsmError(matrix_stmt.where, f".qmatrix is missing {matrix_bytes_due} bytes of .hex data at the end of the file.")
+            raise AsmError(
+                matrix_stmt.where,
+                f".qmatrix is missing {matrix_bytes_due} bytes of .hex data at the end of the file.",
+            )
         return pc
 
     def _size(self, s: _Stmt, pc: int) -> int:
@@ -321,7 +342,9 @@ class Assembler:
             if opc is None:
                 close = difflib.get_close_matches(op, list(BY_MNEMONIC), n=1)
                 hint = f" Did you mean '{close[0]}'?" if close else ""
-                raise AsmError(s.where, f"unknown mnemonic '{op}'.{hint} `pxi isa` lists the instruction set.")
+                raise AsmError(
+                    s.where, f"unknown mnemonic '{op}'.{hint} `pxi isa` lists the instruction set."
+                )
             return opc.length
         if op not in _DIRECTIVES:
             close = difflib.get_close_matches(op, sorted(_DIRECTIVES), n=1)
@@ -373,10 +396,15 @@ class Assembler:
             return MATRIX_HEADER_PIXELS + (rows * cols + 3) // 4
         if op == ".qmatrix":
             if len(s.args) != 4:
-                raise AsmError(s.where, "usage: .qmatrix rows, cols, scale_bits, offset_bits (then .hex data lines).")
+                raise AsmError(
+                    s.where,
+                    "usage: .qmatrix rows, cols, scale_bits, offset_bits (then .hex data lines).",
+                )
             rows, cols, sb, ob = (self.eval(a, s.where) for a in s.args)
             if rows < 1 or cols < 1 or rows >= 1 << 32 or cols >= 1 << 32:
-                raise AsmError(s.where, f".qmatrix {rows}x{cols}: rows and cols must be 1..2**32-1.")
+                raise AsmError(
+                    s.where, f".qmatrix {rows}x{cols}: rows and cols must be 1..2**32-1."
+                )
             s.payload = (rows, cols, sb & 0xFFFFFFFF, ob & 0xFFFFFFFF)
             return MATRIX_HEADER_PIXELS
         raise AssertionError(op)
@@ -393,7 +421,9 @@ class Assembler:
         try:
             data = text.encode("latin-1")
         except UnicodeEncodeError:
-            raise AsmError(s.where, "strings hold bytes: use characters below U+0100 or \\x escapes.") from None
+            raise AsmError(
+                s.where, "strings hold bytes: use characters below U+0100 or \\x escapes."
+            ) from None
         return data + (b"\0" if s.op == ".asciz" else b"")
 
     def _hex(self, s: _Stmt) -> bytes:
@@ -402,7 +432,9 @@ class Assembler:
         try:
             return bytes.fromhex(text)
         except ValueError:
-            raise AsmError(s.where, ".hex takes pairs of hex digits (whitespace allowed).") from None
+            raise AsmError(
+                s.where, ".hex takes pairs of hex digits (whitespace allowed)."
+            ) from None
 
     def _incbin(self, s: _Stmt) -> bytes:
         if len(s.args) != 1:
@@ -415,7 +447,9 @@ class Assembler:
 
     def _load_matrix(self, s: _Stmt):
         if len(s.args) != 1:
-            raise AsmError(s.where, 'usage: .matrix "file.npy" (a 1-D or 2-D float array; quantized to u8).')
+            raise AsmError(
+                s.where, 'usage: .matrix "file.npy" (a 1-D or 2-D float array; quantized to u8).'
+            )
         path = Path(s.file).parent / self._string(s.args[0], s.where)
         try:
             arr = np.load(path, allow_pickle=False)
@@ -444,7 +478,11 @@ class Assembler:
             assert words.size == s.size, (s.where, words.size, s.size)
             pixels[s.pc : s.pc + s.size] = words
             if s.op.startswith(".") and s.op not in _NEUTRAL_DIRECTIVES:
-                kind = "matrix" if s.op in (".matrix", ".qmatrix") or s.payload == "matrix-data" else "data"
+                kind = (
+                    "matrix"
+                    if s.op in (".matrix", ".qmatrix") or s.payload == "matrix-data"
+                    else "data"
+                )
             elif not s.op.startswith("."):
                 kind = "code"
             chunks.append((s.pc, s.size, kind or "data", s))
@@ -478,7 +516,9 @@ class Assembler:
         for start, end, kind in raw:
             names = [n for pc in range(start, end) if pc in label_at for n in sorted(label_at[pc])]
             if end - start > 4096:  # labels only matter near the start for naming
-                names = [n for n in names if label_at.get(start) and n in label_at[start]] or names[:1]
+                names = [n for n in names if label_at.get(start) and n in label_at[start]] or names[
+                    :1
+                ]
             out.append(Section(names[0] if names else f"{kind}@{start}", kind, start, end))
         return out
 
@@ -494,7 +534,11 @@ class Assembler:
             pc = self.eval(s.args[0], s.where)
             if not 0 <= pc < total:
                 raise AsmError(s.where, f".entry {pc} is outside the program (0..{total - 1}).")
-            name = s.args[0].strip() if re.fullmatch(_IDENT, s.args[0].strip()) else f"entry{len(self.meta.entries)}"
+            name = (
+                s.args[0].strip()
+                if re.fullmatch(_IDENT, s.args[0].strip())
+                else f"entry{len(self.meta.entries)}"
+            )
             self.meta.entries[name] = pc
             return None
         if op in (".width", ".threads", ".memory"):
@@ -509,7 +553,10 @@ class Assembler:
         if op == ".incbin":
             return pack_bytes(np.frombuffer(s.payload, np.uint8))
         if op == ".word":
-            return [self._ranged(a, s, -(1 << 31), (1 << 32) - 1, "a 32-bit word") & 0xFFFFFFFF for a in s.args]
+            return [
+                self._ranged(a, s, -(1 << 31), (1 << 32) - 1, "a 32-bit word") & 0xFFFFFFFF
+                for a in s.args
+            ]
         if op == ".pixel":
             if len(s.args) != 4:
                 raise AsmError(s.where, "usage: .pixel r, g, b, a (each 0..255 or 'c').")
@@ -538,7 +585,9 @@ class Assembler:
 
     def _encode_instruction(self, opc: Opcode, s: _Stmt, total: int) -> list[int]:
         if len(s.args) != len(opc.operands):
-            raise AsmError(s.where, f"{opc.mnemonic} takes {len(opc.operands)} operand(s): {opc.syntax}")
+            raise AsmError(
+                s.where, f"{opc.mnemonic} takes {len(opc.operands)} operand(s): {opc.syntax}"
+            )
         w, ext = opc.code, 0
         vals: dict[str, int] = {}
         for operand, text in zip(opc.operands, s.args, strict=True):
@@ -552,18 +601,30 @@ class Assembler:
             elif k == SIMM16:
                 v = self.eval(text, s.where)
                 if not -32768 <= v <= 32767:
-                    raise AsmError(s.where, f"{text.strip()} = {v} does not fit li's 16-bit immediate (-32768..32767); use li32.")
+                    raise AsmError(
+                        s.where,
+                        f"{text.strip()} = {v} does not fit li's 16-bit immediate (-32768..32767); use li32.",
+                    )
                 v &= 0xFFFF
             elif k == IMM32:
-                v = self._ranged(text, s, -(1 << 31), (1 << 32) - 1, "a 32-bit immediate") & 0xFFFFFFFF
+                v = (
+                    self._ranged(text, s, -(1 << 31), (1 << 32) - 1, "a 32-bit immediate")
+                    & 0xFFFFFFFF
+                )
             elif k == TARGET:
                 v = self.eval(text, s.where)
                 if not 0 <= v < total:
-                    raise AsmError(s.where, f"branch target {text.strip()} = {v} is outside the program (0..{total - 1}).")
+                    raise AsmError(
+                        s.where,
+                        f"branch target {text.strip()} = {v} is outside the program (0..{total - 1}).",
+                    )
             elif k == WIDTH:
                 v = self.eval(text, s.where)
                 if v not in opc.widths:
-                    raise AsmError(s.where, f"{opc.mnemonic} width {v}: want one of {', '.join(map(str, opc.widths))} (bits).")
+                    raise AsmError(
+                        s.where,
+                        f"{opc.mnemonic} width {v}: want one of {', '.join(map(str, opc.widths))} (bits).",
+                    )
             else:
                 raise AssertionError(k)
             vals[operand.name] = v
@@ -584,11 +645,17 @@ class Assembler:
         width = self.eval(s.args[2], s.where)
         addr = regs[1] if opc.mnemonic == "mrd" else regs[0]
         if addr > 14:
-            raise AsmError(s.where, f"{opc.mnemonic}: the address is the pair r{addr}, r{addr + 1}; use r0..r14.")
+            raise AsmError(
+                s.where,
+                f"{opc.mnemonic}: the address is the pair r{addr}, r{addr + 1}; use r0..r14.",
+            )
         if width == 64:
             val = regs[0] if opc.mnemonic == "mrd" else regs[1]
             if val > 14:
-                raise AsmError(s.where, f"{opc.mnemonic} 64: the value is the pair r{val}, r{val + 1}; use r0..r14.")
+                raise AsmError(
+                    s.where,
+                    f"{opc.mnemonic} 64: the value is the pair r{val}, r{val + 1}; use r0..r14.",
+                )
 
 
 def assemble_file(path: str | Path) -> Program:

@@ -51,7 +51,9 @@ def _windows(ids: np.ndarray, space: int) -> tuple[np.ndarray, np.ndarray]:
     return x, ids
 
 
-def train(text: str, steps: int = 3000, seed: int = 0, lr: float = 3e-3, batch: int = 128) -> tuple[str, Weights, list[float]]:
+def train(
+    text: str, steps: int = 3000, seed: int = 0, lr: float = 3e-3, batch: int = 128
+) -> tuple[str, Weights, list[float]]:
     vocab = vocabulary(text)
     v = len(vocab)
     ids = np.array([vocab.index(c) for c in text])
@@ -132,7 +134,11 @@ def export(vocab: str, w: Weights, out: Path = HERE) -> None:
 
 
 def _quote(s: str) -> str:
-    return '"' + "".join(c if c.isprintable() and c not in '"\\' else f"\\x{ord(c):02x}" for c in s) + '"'
+    return (
+        '"'
+        + "".join(c if c.isprintable() and c not in '"\\' else f"\\x{ord(c):02x}" for c in s)
+        + '"'
+    )
 
 
 # --- the reference: a float32 NumPy forward pass over the matrices in the image ---------
@@ -194,7 +200,9 @@ def run_generation(program, backend: str, prompt: str, ntok: int, **kw):
 
     data = prompt.encode("latin-1", errors="replace")
     if len(data) + ntok > MAX_TEXT:
-        raise PxiError(f"prompt ({len(data)} chars) + tokens ({ntok}) exceed the {MAX_TEXT}-character screen; ask for fewer tokens.")
+        raise PxiError(
+            f"prompt ({len(data)} chars) + tokens ({ntok}) exceed the {MAX_TEXT}-character screen; ask for fewer tokens."
+        )
     ex = create(backend, program, MAX_TEXT, program.meta.memory or 65536, **kw)
     ex.write_memory(TEXT, data)
     ex.write_memory(PROMPT_LEN, np.array([len(data), ntok], np.uint32).tobytes())
@@ -234,7 +242,9 @@ def generate_cli(a) -> int:
     print(f"backend: {ex.describe()}")
     print(f"serial: {bytes(bus.com1.output).decode('latin-1')!r}")
     print(f"text: {text!r}")
-    print(f"{a.tokens} tokens in {dt:.3f} s ({a.tokens / dt:.1f} tokens/s, {res.steps} pixel instructions)")
+    print(
+        f"{a.tokens} tokens in {dt:.3f} s ({a.tokens / dt:.1f} tokens/s, {res.steps} pixel instructions)"
+    )
     if a.png:
         Image.fromarray(framebuffer(ex), "L").save(a.png)
         print(f"{a.png}: {FBW}x{ROWS * 8} pixels, drawn by {MAX_TEXT} threads blitting glyphs")
@@ -248,7 +258,9 @@ def main(argv: list[str]) -> int:
     steps = int(argv[1]) if len(argv) > 1 else 3000
     text = (HERE / "corpus.txt").read_text()
     vocab, w, losses = train(text, steps=steps)
-    print(f"vocabulary {len(vocab)}, loss {np.mean(losses[:50]):.3f} -> {np.mean(losses[-50:]):.3f}")
+    print(
+        f"vocabulary {len(vocab)}, loss {np.mean(losses[:50]):.3f} -> {np.mean(losses[-50:]):.3f}"
+    )
     export(vocab, w)
     print(f"wrote {HERE}/model.pxs and the weights")
     return 0

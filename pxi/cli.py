@@ -51,7 +51,9 @@ def cmd_asm(a) -> int:
     prog = assemble_file(a.source)
     out = a.output or str(Path(a.source).with_suffix(".png"))
     save_png(prog, out)
-    print(f"{out}: {prog.width}x{prog.height} pixels, {len(prog.meta.symbols)} symbols, sha256 {prog.sha256()[:16]}")
+    print(
+        f"{out}: {prog.width}x{prog.height} pixels, {len(prog.meta.symbols)} symbols, sha256 {prog.sha256()[:16]}"
+    )
     return 0
 
 
@@ -72,7 +74,9 @@ def cmd_info(a) -> int:
 
     prog = _load(a.image)
     m = prog.meta
-    print(f"{prog.name}: {prog.width}x{prog.height} pixels ({prog.npix}), format version {m.version}")
+    print(
+        f"{prog.name}: {prog.width}x{prog.height} pixels ({prog.npix}), format version {m.version}"
+    )
     print(f"sha256 (canonical pixels): {prog.sha256()}")
     if m.entries:
         print("entries: " + ", ".join(f"{n}={pc}" for n, pc in m.entries.items()))
@@ -98,7 +102,14 @@ def cmd_info(a) -> int:
             pc += d.op.length if d else 1
     if ops:
         print("instructions: " + ", ".join(f"{k} {v}" for k, v in ops.most_common()))
-    print(f"symbols: {len(m.symbols)}" + (f" ({', '.join(sorted(m.symbols)[:12])}{' ...' if len(m.symbols) > 12 else ''})" if m.symbols else ""))
+    print(
+        f"symbols: {len(m.symbols)}"
+        + (
+            f" ({', '.join(sorted(m.symbols)[:12])}{' ...' if len(m.symbols) > 12 else ''})"
+            if m.symbols
+            else ""
+        )
+    )
     return 0
 
 
@@ -134,7 +145,9 @@ def _mmio(specs: list[str]) -> dict[int, list[int]]:
             addr, vals = spec.split("=", 1)
             out[int(addr, 0)] = [int(v, 0) for v in vals.split(",")]
         except ValueError:
-            raise PxiError(f"--mmio {spec!r}: want ADDR=VALUE[,VALUE...] (e.g. 0xfebf0000=0x1234).") from None
+            raise PxiError(
+                f"--mmio {spec!r}: want ADDR=VALUE[,VALUE...] (e.g. 0xfebf0000=0x1234)."
+            ) from None
     return out
 
 
@@ -153,9 +166,15 @@ def cmd_run(a) -> int:
         try:
             ex.write_memory(int(addr, 0), Path(path).read_bytes())
         except (ValueError, OSError) as e:
-            raise PxiError(f"--load {spec}: {e} (want FILE@ADDRESS inside {memory} bytes of memory).") from None
+            raise PxiError(
+                f"--load {spec}: {e} (want FILE@ADDRESS inside {memory} bytes of memory)."
+            ) from None
     mmio = _mmio(a.mmio)
-    bus = Bus(com1=Com1(busy_polls=a.busy_polls), mmio=ScriptedMmio(mmio, writable=set(mmio)), events=Events(a.event or []))
+    bus = Bus(
+        com1=Com1(busy_polls=a.busy_polls),
+        mmio=ScriptedMmio(mmio, writable=set(mmio)),
+        events=Events(a.event or []),
+    )
     res = drive(ex, bus, max_steps=a.max_steps)
     st = ex.state()
     print(f"backend: {ex.describe()}")
@@ -165,7 +184,10 @@ def cmd_run(a) -> int:
     if out and not out.endswith(b"\n"):
         print()
     kinds = Counter(r.kind.name.lower() for r in res.requests)
-    print(f"requests: {len(res.requests)}" + (f" ({', '.join(f'{k} {v}' for k, v in sorted(kinds.items()))})" if kinds else ""))
+    print(
+        f"requests: {len(res.requests)}"
+        + (f" ({', '.join(f'{k} {v}' for k, v in sorted(kinds.items()))})" if kinds else "")
+    )
     if a.requests:
         for r in res.requests:
             print(f"  {r}")
@@ -175,7 +197,9 @@ def cmd_run(a) -> int:
     for t in range(min(threads, a.show_threads)):
         pc = int(st.pc[t])
         x, y = prog.xy(pc)
-        print(f"thread {t}: {Status(int(st.status[t])).name.lower()} at pc {pc} (x={x}, y={y}), {int(st.steps[t])} steps")
+        print(
+            f"thread {t}: {Status(int(st.status[t])).name.lower()} at pc {pc} (x={x}, y={y}), {int(st.steps[t])} steps"
+        )
         regs = st.regs[t]
         for row in range(0, 16, 4):
             print("   " + "  ".join(f"r{i:<2}=0x{int(regs[i]):08x}" for i in range(row, row + 4)))
@@ -191,7 +215,10 @@ def cmd_run(a) -> int:
         print(f"runaway: {res.runaway}", file=sys.stderr)
         return EXIT_FAULT
     if res.stuck:
-        print(f"stuck: {len(res.stuck)} thread(s) wait for events nobody sends (first: {res.stuck[0]})", file=sys.stderr)
+        print(
+            f"stuck: {len(res.stuck)} thread(s) wait for events nobody sends (first: {res.stuck[0]})",
+            file=sys.stderr,
+        )
         return EXIT_FAULT
     return 0
 
@@ -214,7 +241,10 @@ def cmd_view(a) -> int:
         counts = ex.profile_counts()
     img = render_view(prog, scale=a.scale, counts=counts)
     img.save(a.output)
-    print(f"{a.output}: {img.width}x{img.height}" + (f", heatmap of {int(counts.sum())} executions" if counts is not None else ""))
+    print(
+        f"{a.output}: {img.width}x{img.height}"
+        + (f", heatmap of {int(counts.sum())} executions" if counts is not None else "")
+    )
     return 0
 
 
@@ -251,7 +281,9 @@ def cmd_generate(a) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pxi", description="PXI pixel programs: assemble, inspect, run, store.")
+    p = argparse.ArgumentParser(
+        prog="pxi", description="PXI pixel programs: assemble, inspect, run, store."
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
 
     s = sub.add_parser("asm", help="assemble a .pxs source into a .png program")
@@ -280,11 +312,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("program", help=".png program, or .pxs source (assembled on the fly)")
     s.add_argument("--backend", choices=("numpy", "wgpu"), default="numpy")
     s.add_argument("--threads", type=int)
-    s.add_argument("--memory", type=_int, help="data memory bytes (default: the program's, else 65536)")
-    s.add_argument("--max-steps", type=_int, default=10_000_000, help="steps any thread may execute")
+    s.add_argument(
+        "--memory", type=_int, help="data memory bytes (default: the program's, else 65536)"
+    )
+    s.add_argument(
+        "--max-steps", type=_int, default=10_000_000, help="steps any thread may execute"
+    )
     s.add_argument("--show-threads", type=int, default=1, help="threads whose registers to print")
     s.add_argument("--requests", action="store_true", help="list every request")
-    s.add_argument("--busy-polls", type=int, default=0, help="COM1 reports busy this often before ready")
+    s.add_argument(
+        "--busy-polls", type=int, default=0, help="COM1 reports busy this often before ready"
+    )
     s.add_argument("--mmio", action="append", help="ADDR=V[,V...]: scripted MMIO read values")
     s.add_argument("--event", action="append", type=_int, help="a value for the next wait request")
     s.add_argument("--load", action="append", help="FILE@ADDR: copy a file into data memory first")
@@ -295,7 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("image")
     s.add_argument("-o", "--output", required=True)
     s.add_argument("--scale", type=int, default=8)
-    s.add_argument("--heatmap", action="store_true", help="profile a run and overlay execution counts")
+    s.add_argument(
+        "--heatmap", action="store_true", help="profile a run and overlay execution counts"
+    )
     s.add_argument("--backend", choices=("numpy", "wgpu"), default="numpy")
     s.add_argument("--threads", type=int)
     s.add_argument("--max-steps", type=_int, default=10_000_000)
@@ -333,4 +373,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
-

@@ -82,7 +82,9 @@ class ScriptedMmio:
     """reads: {address: value or [v1, v2, ...]} (a list scripts successive reads; its
     last value repeats).  Only addresses in reads (or writable) are served."""
 
-    def __init__(self, reads: dict[int, int | list[int]] | None = None, writable: set[int] | None = None):
+    def __init__(
+        self, reads: dict[int, int | list[int]] | None = None, writable: set[int] | None = None
+    ):
         self.reads = {a: list(v) if isinstance(v, list) else [v] for a, v in (reads or {}).items()}
         self.writable = set(writable or ()) | set(self.reads)
         self.writes: list[tuple[int, int, int]] = []  # (address, width, value)
@@ -118,7 +120,11 @@ class Bus:
     def answer(self, req: Request) -> Response | None:
         """A response, or None to leave the request pending (no event yet)."""
         k = req.kind
-        if k in (RequestKind.PORT_IN, RequestKind.PORT_OUT) and self.com1.handles(req.address) and req.width == 8:
+        if (
+            k in (RequestKind.PORT_IN, RequestKind.PORT_OUT)
+            and self.com1.handles(req.address)
+            and req.width == 8
+        ):
             if k == RequestKind.PORT_IN:
                 return Response(req.thread, self.com1.read(req.address))
             self.com1.write(req.address, req.value)
@@ -166,7 +172,14 @@ def drive(ex: Executor, bus: Bus, max_steps: int = 10_000_000) -> DriveResult:
             continue
         if res.out_of_budget and used >= max_steps:
             st = ex.state()
-            return DriveResult(requests, faults, steps, runs, runaway_message(st, ex.program, max_steps), ex.pending())
+            return DriveResult(
+                requests,
+                faults,
+                steps,
+                runs,
+                runaway_message(st, ex.program, max_steps),
+                ex.pending(),
+            )
         if res.out_of_budget == 0 or budget == 0:
             break
     faults.sort(key=lambda f: f.thread)

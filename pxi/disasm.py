@@ -63,7 +63,14 @@ def decode(pixels: np.ndarray, pc: int) -> Decoded | None:
         ext = int(pixels[pc + 1])
         if ext & op.ext_mz:
             return None
-    fields = {"G": (w >> 8) & 0xFF, "B": (w >> 16) & 0xFF, "A": w >> 24, "BA": w >> 16, "X": ext, "XR": ext & 0xFF}
+    fields = {
+        "G": (w >> 8) & 0xFF,
+        "B": (w >> 16) & 0xFF,
+        "A": w >> 24,
+        "BA": w >> 16,
+        "X": ext,
+        "XR": ext & 0xFF,
+    }
     values = []
     for operand in op.operands:
         v = fields[operand.field]

@@ -53,7 +53,11 @@ class Request:
 
     def __str__(self) -> str:
         k = self.kind.name.lower()
-        v = f" value=0x{self.value:x}" if self.kind in (RequestKind.PORT_OUT, RequestKind.MMIO_WRITE) else ""
+        v = (
+            f" value=0x{self.value:x}"
+            if self.kind in (RequestKind.PORT_OUT, RequestKind.MMIO_WRITE)
+            else ""
+        )
         w = f"{self.width} " if self.width else ""
         return f"thread {self.thread} pc {self.pc}: {k} {w}address=0x{self.address:x}{v}"
 
@@ -90,7 +94,9 @@ class MachineState:
     sp: np.ndarray  # u32[T]
     stack: np.ndarray  # u32[T, 8]
     fault: np.ndarray  # u32[T, 3]: code, d0, d1
-    request: np.ndarray  # u32[T, 6]: kind, width, addr lo, addr hi, value lo, value hi (last request)
+    request: (
+        np.ndarray
+    )  # u32[T, 6]: kind, width, addr lo, addr hi, value lo, value hi (last request)
 
     FIELDS = ("pc", "status", "steps", "regs", "sp", "stack", "fault", "request")
 
@@ -118,9 +124,13 @@ class RunResult:
     @property
     def finished(self) -> bool:
         """True when no thread can ever run again (all halted or faulted)."""
-        return self.counts.get("RUNNABLE", 0) + self.counts.get("BLOCKED", 0) + self.counts.get(
-            "BARRIER", 0
-        ) + self.counts.get("YIELDED", 0) == 0
+        return (
+            self.counts.get("RUNNABLE", 0)
+            + self.counts.get("BLOCKED", 0)
+            + self.counts.get("BARRIER", 0)
+            + self.counts.get("YIELDED", 0)
+            == 0
+        )
 
 
 class Executor(ABC):
@@ -207,14 +217,40 @@ class Executor(ABC):
 
 # A response effect: what a response does to its thread, computed once here so both
 # backends apply exactly the same change.  reg = NO_REG when nothing is written.
-EFFECT_FIELDS = ("thread", "pc", "status", "reg", "val_lo", "reg2", "val_hi", "fault", "fd0", "fd1", "pad0", "pad1")
+EFFECT_FIELDS = (
+    "thread",
+    "pc",
+    "status",
+    "reg",
+    "val_lo",
+    "reg2",
+    "val_hi",
+    "fault",
+    "fd0",
+    "fd1",
+    "pad0",
+    "pad1",
+)
 NO_REG = 0xFFFFFFFF
 
 
 def response_effect(program: Program, req: Request, resp: Response) -> list[int]:
     if resp.deny:
         d0 = int(req.kind) << 8 | req.width
-        return [req.thread, req.pc, Status.FAULTED, NO_REG, 0, NO_REG, 0, FaultCode.DENIED, d0, req.address & 0xFFFFFFFF, 0, 0]
+        return [
+            req.thread,
+            req.pc,
+            Status.FAULTED,
+            NO_REG,
+            0,
+            NO_REG,
+            0,
+            FaultCode.DENIED,
+            d0,
+            req.address & 0xFFFFFFFF,
+            0,
+            0,
+        ]
     d = decode(program.pixels, req.pc)
     assert d is not None, "a request instruction always decodes"
     reg, reg2, lo, hi = NO_REG, NO_REG, 0, 0
@@ -222,7 +258,9 @@ def response_effect(program: Program, req: Request, resp: Response) -> list[int]
     if req.kind in (RequestKind.PORT_IN, RequestKind.MMIO_READ, RequestKind.WAIT_EVENT):
         width = req.width or 32
         if not 0 <= v < (1 << width):
-            raise ValueError(f"response value 0x{v:x} does not fit the {width}-bit request of thread {req.thread}")
+            raise ValueError(
+                f"response value 0x{v:x} does not fit the {width}-bit request of thread {req.thread}"
+            )
         reg, lo = d.field("rd"), v & 0xFFFFFFFF
         if width == 64:
             reg2, hi = reg + 1, v >> 32
@@ -303,7 +341,11 @@ def fault_message(f: Fault, program: Program) -> str:
         why = f"{ins}: port 0x{d0:x} is not an I/O port (0..0xffff)."
     elif c == FaultCode.BAD_MATRIX:
         hx, hy = program.xy(d0) if d0 < program.npix else (d0 % program.width, d0 // program.width)
-        text = PROBLEM_TEXT.get(MatrixProblem(d1), "is invalid") if d1 in MatrixProblem._value2member_map_ else "is invalid"
+        text = (
+            PROBLEM_TEXT.get(MatrixProblem(d1), "is invalid")
+            if d1 in MatrixProblem._value2member_map_
+            else "is invalid"
+        )
         why = f"{ins}: the matrix header at pc {d0} (pixel x={hx}, y={hy}) {text}."
     elif c == FaultCode.SHAPE:
         if mn == "embed":
@@ -315,7 +357,11 @@ def fault_message(f: Fault, program: Program) -> str:
     elif c == FaultCode.OVERLAP:
         why = f"{ins}: the output at 0x{d0:x} overlaps the input at 0x{d1:x} (only an exact in-place op is allowed)."
     elif c == FaultCode.DENIED:
-        kind = RequestKind(d0 >> 8).name.lower() if (d0 >> 8) in RequestKind._value2member_map_ else "?"
+        kind = (
+            RequestKind(d0 >> 8).name.lower()
+            if (d0 >> 8) in RequestKind._value2member_map_
+            else "?"
+        )
         why = f"{ins}: the host denied the {kind} request ({d0 & 0xFF}-bit, address 0x{d1:x}); the broker only allows devices it enumerated."
     else:
         why = f"fault {c} ({d0:#x}, {d1:#x})"

@@ -61,7 +61,11 @@ class Gpu:
             }
             self.layouts[key] = self.device.create_bind_group_layout(
                 entries=[
-                    {"binding": i, "visibility": wgpu.ShaderStage.COMPUTE, "buffer": {"type": types[k]}}
+                    {
+                        "binding": i,
+                        "visibility": wgpu.ShaderStage.COMPUTE,
+                        "buffer": {"type": types[k]},
+                    }
                     for i, k in enumerate(kinds)
                 ]
             )
@@ -76,7 +80,9 @@ def get_gpu() -> Gpu:
     try:
         import wgpu
     except ImportError as e:  # pragma: no cover - wgpu is a declared dependency
-        raise BackendError(f"the wgpu backend needs the wgpu package ({e}); pip install wgpu==0.32.0.") from None
+        raise BackendError(
+            f"the wgpu backend needs the wgpu package ({e}); pip install wgpu==0.32.0."
+        ) from None
     try:
         adapter = wgpu.gpu.request_adapter_sync(power_preference="high-performance")
     except Exception as e:

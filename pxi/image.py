@@ -199,7 +199,9 @@ def load_png(source: str | Path | bytes, name: str | None = None) -> Program:
             f"`Image.open(p).convert('RGBA').save(p)`, or re-assemble it with `pxi asm`."
         )
     if h["interlace"]:
-        raise ImageError(f"{where}: interlaced PNGs are not PXI images; save it without interlacing.")
+        raise ImageError(
+            f"{where}: interlaced PNGs are not PXI images; save it without interlacing."
+        )
     if h["width"] * h["height"] > MAX_PIXELS:
         raise ImageError(
             f"{where}: {h['width']}x{h['height']} pixels exceed the PXI limit of {MAX_PIXELS}."
@@ -210,7 +212,9 @@ def load_png(source: str | Path | bytes, name: str | None = None) -> Program:
             rgba = np.asarray(img, dtype=np.uint8)
             text = dict(getattr(img, "text", {}) or {})
     except Exception as e:  # Pillow/zlib raise assorted types for a broken IDAT stream
-        raise ImageError(f"{where}: corrupt PNG image data ({e}); re-create it with `pxi asm`.") from None
+        raise ImageError(
+            f"{where}: corrupt PNG image data ({e}); re-create it with `pxi asm`."
+        ) from None
     if rgba.shape != (h["height"], h["width"], 4):
         raise ImageError(f"{where}: decoded to shape {rgba.shape}, expected RGBA; re-create it.")
     pixels = np.ascontiguousarray(rgba).reshape(-1, 4).view("<u4").reshape(-1).astype(np.uint32)

@@ -65,7 +65,15 @@ def _sext(v: np.ndarray, bits: int) -> np.ndarray:
 class NumpyExecutor(Executor):
     backend = "numpy"
 
-    def __init__(self, program: Program, threads: int, memory_bytes: int, entry=None, profile=False, memory=None):
+    def __init__(
+        self,
+        program: Program,
+        threads: int,
+        memory_bytes: int,
+        entry=None,
+        profile=False,
+        memory=None,
+    ):
         """memory: optionally a caller-owned u32 array (e.g. a view of shared memory)
         used as data memory without copying."""
         super().__init__(program, threads, memory_bytes, entry, profile)
@@ -115,7 +123,16 @@ class NumpyExecutor(Executor):
         new_fault = np.flatnonzero((st == Status.FAULTED) & ~faulted0)
         return RunResult(
             requests=[self._request(int(t)) for t in new_req],
-            faults=[Fault(int(t), int(self.pc[t]), F(int(self.fault[t, 0])), int(self.fault[t, 1]), int(self.fault[t, 2])) for t in new_fault],
+            faults=[
+                Fault(
+                    int(t),
+                    int(self.pc[t]),
+                    F(int(self.fault[t, 0])),
+                    int(self.fault[t, 1]),
+                    int(self.fault[t, 2]),
+                )
+                for t in new_fault
+            ],
             steps=int(self.steps.sum()) - steps0,
             counts=status_counts(st),
             out_of_budget=int(np.count_nonzero((st == Status.RUNNABLE) & (self.budget <= 0))),
@@ -459,13 +476,20 @@ class NumpyExecutor(Executor):
         self._block(t, RequestKind.PORT_OUT, f.a, port, value)
 
     def _pair(self, t, idx) -> np.ndarray:
-        return self._r(t, idx).astype(np.uint64) | self._r(t, idx + 1).astype(np.uint64) << np.uint64(32)
+        return self._r(t, idx).astype(np.uint64) | self._r(t, idx + 1).astype(
+            np.uint64
+        ) << np.uint64(32)
 
     def _mmio_aligned(self, t, addr: np.ndarray, width: np.ndarray) -> np.ndarray:
         size = (width // 8).astype(np.uint64)
         mis = (addr & (size - np.uint64(1))) != 0
         if mis.any():
-            self._fault(t[mis], F.MISALIGNED, (addr[mis] & np.uint64(MASK32)).astype(np.int64), size[mis].astype(np.int64))
+            self._fault(
+                t[mis],
+                F.MISALIGNED,
+                (addr[mis] & np.uint64(MASK32)).astype(np.int64),
+                size[mis].astype(np.int64),
+            )
         return ~mis
 
     def _op_mrd(self, t, f):
@@ -478,7 +502,9 @@ class NumpyExecutor(Executor):
         ok = self._mmio_aligned(t, addr, f.a)
         t, f, addr = t[ok], f.sub(ok), addr[ok]
         wide = f.a == 64
-        value = np.where(wide, self._pair(t, np.minimum(f.b, 14)), self._r(t, f.b).astype(np.uint64))
+        value = np.where(
+            wide, self._pair(t, np.minimum(f.b, 14)), self._r(t, f.b).astype(np.uint64)
+        )
         value = np.where(wide, value, value & self._mask(np.where(wide, 32, f.a)))
         self._block(t, RequestKind.MMIO_WRITE, f.a, addr, value)
 
@@ -487,7 +513,9 @@ class NumpyExecutor(Executor):
 
     def _request(self, t: int) -> Request:
         rq = [int(v) for v in self.request[t]]
-        return Request(t, int(self.pc[t]), RequestKind(rq[0]), rq[1], rq[2] | rq[3] << 32, rq[4] | rq[5] << 32)
+        return Request(
+            t, int(self.pc[t]), RequestKind(rq[0]), rq[1], rq[2] | rq[3] << 32, rq[4] | rq[5] << 32
+        )
 
     # --- neural ops (one thread at a time, in thread order) --------------------------------
 
@@ -504,7 +532,9 @@ class NumpyExecutor(Executor):
             return False
         return True
 
-    def _no_overlap(self, t: int, out: int, n_out: int, inp: int, n_in: int, allow_same: bool) -> bool:
+    def _no_overlap(
+        self, t: int, out: int, n_out: int, inp: int, n_in: int, allow_same: bool
+    ) -> bool:
         if n_out == 0 or n_in == 0 or (allow_same and out == inp):
             return True
         if out < inp + 4 * n_in and inp < out + 4 * n_out:
@@ -540,7 +570,9 @@ class NumpyExecutor(Executor):
                 continue
             if rows:
                 x = self._tensor(inp, rows, k)
-                self._tensor(out, rows, n)[...] = np.matmul(x, h.dequantize(self.px), dtype=np.float32)
+                self._tensor(out, rows, n)[...] = np.matmul(
+                    x, h.dequantize(self.px), dtype=np.float32
+                )
             self.pc[ti] += 2
 
     def _op_addmat(self, t, f):
@@ -652,5 +684,7 @@ class NumpyExecutor(Executor):
         return self.prof.copy()
 
 
-assert all(hasattr(NumpyExecutor, "_op_" + op.mnemonic) for op in OPCODES), "opcode without a handler"
+assert all(hasattr(NumpyExecutor, "_op_" + op.mnemonic) for op in OPCODES), (
+    "opcode without a handler"
+)
 assert set(BY_CHAR) == {op.code for op in OPCODES}

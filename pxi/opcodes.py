@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (the opcode table reads best as one line per opcode)
 """The PXI opcode table: the single source of truth for the instruction set.
 
 Everything else is derived from ``OPCODES``: the assembler's mnemonics and operand

@@ -66,9 +66,13 @@ class Store:
         d = self.root / "programs"
         hits = sorted(d.glob(f"{prefix}*.json")) if prefix and d.is_dir() else []
         if not hits:
-            raise PxiError(f"no program with id {prefix!r} in the store at {self.root}; `pxi store ls` lists them.")
+            raise PxiError(
+                f"no program with id {prefix!r} in the store at {self.root}; `pxi store ls` lists them."
+            )
         if len(hits) > 1:
-            raise PxiError(f"id prefix {prefix!r} is ambiguous ({len(hits)} programs); give more digits.")
+            raise PxiError(
+                f"id prefix {prefix!r} is ambiguous ({len(hits)} programs); give more digits."
+            )
         return hits[0]
 
     def get(self, prefix: str) -> Program:
@@ -78,14 +82,20 @@ class Store:
             try:
                 raw = zlib.decompress((self.root / "blobs" / digest).read_bytes())
             except (OSError, zlib.error) as e:
-                raise PxiError(f"store blob {digest[:16]} of program {m['id'][:16]} is missing or corrupt ({e}).") from None
+                raise PxiError(
+                    f"store blob {digest[:16]} of program {m['id'][:16]} is missing or corrupt ({e})."
+                ) from None
             if hashlib.sha256(raw).hexdigest() != digest:
-                raise PxiError(f"store blob {digest[:16]} does not match its hash; the store is corrupt.")
+                raise PxiError(
+                    f"store blob {digest[:16]} does not match its hash; the store is corrupt."
+                )
             pixels[a:b] = np.frombuffer(raw, "<u4")
         meta = _parse_meta({"pxi.meta": json.dumps(m["meta"])}, str(self.root))
         prog = Program(pixels, m["width"], meta, name=m.get("name", m["id"]))
         if prog.sha256() != m["id"]:
-            raise PxiError(f"program {m['id'][:16]} reassembles to different pixels; the store is corrupt.")
+            raise PxiError(
+                f"program {m['id'][:16]} reassembles to different pixels; the store is corrupt."
+            )
         return prog
 
     def ls(self) -> list[tuple[str, str]]:
@@ -94,7 +104,10 @@ class Store:
         for p in sorted(d.glob("*.json")) if d.is_dir() else []:
             m = json.loads(p.read_text())
             nmat = sum(1 for s in m["meta"].get("sections", []) if s["kind"] == "matrix")
-            out.append((m["id"], f"{m['width']}x{m['height']} {m.get('name', '')} ({len(m['segments'])} segments, {nmat} matrices)"))
+            out.append(
+                (
+                    m["id"],
+                    f"{m['width']}x{m['height']} {m.get('name', '')} ({len(m['segments'])} segments, {nmat} matrices)",
+                )
+            )
         return out
-
-

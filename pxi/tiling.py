@@ -40,7 +40,11 @@ class Tile:
         return f"{self.bm}x{self.bn}x{self.bk}/{self.tm}x{self.tn}"
 
 
-TILES = {"64": Tile(64, 64, 16, 4, 4), "128": Tile(128, 128, 8, 8, 8), "128x64": Tile(128, 64, 16, 8, 4)}
+TILES = {
+    "64": Tile(64, 64, 16, 4, 4),
+    "128": Tile(128, 128, 8, 8, 8),
+    "128x64": Tile(128, 64, 16, 8, 4),
+}
 DEFAULT_TILE = TILES["64"]
 
 
@@ -48,9 +52,15 @@ def matmul_wgsl(t: Tile) -> str:
     assert t.bm % t.tm == 0 and t.bn % t.tn == 0 and t.threads <= 1024
     acc = [f"c{i}_{j}" for i in range(t.tm) for j in range(t.tn)]
     decl = "\n".join(f"    var {c} = 0.0;" for c in acc)
-    loads_a = "\n".join(f"            let a{i} = As[k * {t.bm}u + ty + {i * t.wy}u];" for i in range(t.tm))
-    loads_b = "\n".join(f"            let b{j} = Bs[k * {t.bn}u + tx + {j * t.wx}u];" for j in range(t.tn))
-    fmas = "\n".join(f"            c{i}_{j} = c{i}_{j} + a{i} * b{j};" for i in range(t.tm) for j in range(t.tn))
+    loads_a = "\n".join(
+        f"            let a{i} = As[k * {t.bm}u + ty + {i * t.wy}u];" for i in range(t.tm)
+    )
+    loads_b = "\n".join(
+        f"            let b{j} = Bs[k * {t.bn}u + tx + {j * t.wx}u];" for j in range(t.tn)
+    )
+    fmas = "\n".join(
+        f"            c{i}_{j} = c{i}_{j} + a{i} * b{j};" for i in range(t.tm) for j in range(t.tn)
+    )
     stores = []
     for i in range(t.tm):
         stores.append(f"    {{ let gm = row0 + ty + {i * t.wy}u; if (gm < Q.rows) {{")

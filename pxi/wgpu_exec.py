@@ -19,7 +19,16 @@ from .errors import BackendError
 from .executor import EFFECT_FIELDS, Executor, Fault, MachineState, Request, RunResult, check_entry
 from .gpu import get_gpu
 from .image import Program
-from .machine import CALL_DEPTH, FIELD, NREGS, STATE_FIELDS, FaultCode, NeuralKind, RequestKind, Status
+from .machine import (
+    CALL_DEPTH,
+    FIELD,
+    NREGS,
+    STATE_FIELDS,
+    FaultCode,
+    NeuralKind,
+    RequestKind,
+    Status,
+)
 from .matrix import read_header
 from .tiling import DEFAULT_TILE, Tile, matmul_wgsl
 from .wgslgen import COUNTERS, FLAGS, QUEUE_ENTRY, QUEUE_HEADER, QUEUE_KINDS, WORKGROUP, render
@@ -78,11 +87,15 @@ class WgpuExecutor(Executor):
                     f"the {what} needs {size} bytes but this adapter ({gpu.adapter_string}) binds at most "
                     f"{limit} bytes per storage buffer; use fewer threads, less memory or --backend numpy."
                 )
-        self.prog = dev.create_buffer_with_data(data=program.pixels.astype("<u4").tobytes(), usage=S.STORAGE)
+        self.prog = dev.create_buffer_with_data(
+            data=program.pixels.astype("<u4").tobytes(), usage=S.STORAGE
+        )
         self.mem = dev.create_buffer(size=memory_bytes, usage=S.STORAGE | S.COPY_DST | S.COPY_SRC)
         init = np.zeros((NF, threads), U32)
         init[FIELD["PC"]] = self.entry
-        self.st = dev.create_buffer_with_data(data=init.tobytes(), usage=S.STORAGE | S.COPY_DST | S.COPY_SRC)
+        self.st = dev.create_buffer_with_data(
+            data=init.tobytes(), usage=S.STORAGE | S.COPY_DST | S.COPY_SRC
+        )
         ctr_words = QUEUE_HEADER + QUEUE_ENTRY * threads
         self.ctr = dev.create_buffer(size=ctr_words * 4, usage=S.STORAGE | S.COPY_DST | S.COPY_SRC)
         self.params = dev.create_buffer(size=48, usage=S.STORAGE | S.COPY_DST)
@@ -106,7 +119,11 @@ class WgpuExecutor(Executor):
         self._nsrc = render("neural.wgsl", MATMUL=matmul_wgsl(tile))
         self._nbind = dev.create_bind_group(
             layout=self._nlayout,
-            entries=[self._entry(0, self.prog), self._entry(1, self.mem), self._entry(2, self.nparams)],
+            entries=[
+                self._entry(0, self.prog),
+                self._entry(1, self.mem),
+                self._entry(2, self.nparams),
+            ],
         )
         self._run_id = 0
         self._steps_total = 0
@@ -124,17 +141,32 @@ class WgpuExecutor(Executor):
             return
         cap = max(n, 2 * self._resp_cap)
         S = self._wgpu.BufferUsage
-        self.resp = self.device.create_buffer(size=cap * len(EFFECT_FIELDS) * 4, usage=S.STORAGE | S.COPY_DST)
+        self.resp = self.device.create_buffer(
+            size=cap * len(EFFECT_FIELDS) * 4, usage=S.STORAGE | S.COPY_DST
+        )
         self._resp_cap = cap
         bufs = [self.prog, self.mem, self.st, self.ctr, self.params, self.prof, self.resp]
         self._ibind = self.device.create_bind_group(
-            layout=self.gpu.layout("interp", INTERP_LAYOUT), entries=[self._entry(i, b) for i, b in enumerate(bufs)]
+            layout=self.gpu.layout("interp", INTERP_LAYOUT),
+            entries=[self._entry(i, b) for i, b in enumerate(bufs)],
         )
 
     def _write_params(self, flags: int = 0, nresp: int = 0) -> None:
         p = np.array(
-            [self._run_id, self._budget, self.slice, flags, self.threads, self.program.npix, self.memory_bytes,
-             self.inline_work, nresp, 0, 0, 0],
+            [
+                self._run_id,
+                self._budget,
+                self.slice,
+                flags,
+                self.threads,
+                self.program.npix,
+                self.memory_bytes,
+                self.inline_work,
+                nresp,
+                0,
+                0,
+                0,
+            ],
             dtype=U32,
         )
         self.device.queue.write_buffer(self.params, 0, p.tobytes())
@@ -161,13 +193,21 @@ class WgpuExecutor(Executor):
         n = int(hdr[COUNTERS["C_QUEUE"]])
         entries = data[QUEUE_HEADER:].reshape(-1, QUEUE_ENTRY)[: min(n, PREFETCH)]
         if n > PREFETCH:
-            rest = self._read(self.ctr, (QUEUE_HEADER + PREFETCH * QUEUE_ENTRY) * 4, (n - PREFETCH) * QUEUE_ENTRY * 4)
+            rest = self._read(
+                self.ctr,
+                (QUEUE_HEADER + PREFETCH * QUEUE_ENTRY) * 4,
+                (n - PREFETCH) * QUEUE_ENTRY * 4,
+            )
             entries = np.concatenate([entries, rest.reshape(-1, QUEUE_ENTRY)])
         return hdr, entries
 
     def _steps_sum(self) -> int:
-        lohi = self._read(self.st, FIELD["STEPS_LO"] * self.threads * 4, 2 * self.threads * 4).reshape(2, -1)
-        return int(lohi[0].astype(np.uint64).sum() + (lohi[1].astype(np.uint64) << np.uint64(32)).sum())
+        lohi = self._read(
+            self.st, FIELD["STEPS_LO"] * self.threads * 4, 2 * self.threads * 4
+        ).reshape(2, -1)
+        return int(
+            lohi[0].astype(np.uint64).sum() + (lohi[1].astype(np.uint64) << np.uint64(32)).sum()
+        )
 
     # --- the run loop -------------------------------------------------------------------
 
@@ -186,7 +226,16 @@ class WgpuExecutor(Executor):
                 tid, kind, pc = int(e[0]), int(e[1]), int(e[2])
                 q = [int(v) for v in e[3:8]]
                 if kind == QUEUE_KINDS["Q_REQUEST"]:
-                    requests.append(Request(tid, pc, RequestKind(q[0] & 0xFF), q[0] >> 8, q[1] | q[2] << 32, q[3] | q[4] << 32))
+                    requests.append(
+                        Request(
+                            tid,
+                            pc,
+                            RequestKind(q[0] & 0xFF),
+                            q[0] >> 8,
+                            q[1] | q[2] << 32,
+                            q[3] | q[4] << 32,
+                        )
+                    )
                 elif kind == QUEUE_KINDS["Q_FAULT"]:
                     faults.append(Fault(tid, pc, FaultCode(q[0]), q[1], q[2]))
                 else:
@@ -235,7 +284,9 @@ class WgpuExecutor(Executor):
             cp = enc.begin_compute_pass()
             if kind == NeuralKind.MATMUL:
                 t = self.tile
-                cp.set_pipeline(self.gpu.pipeline(self._nsrc_key, self._nsrc, "matmul", self._nlayout))
+                cp.set_pipeline(
+                    self.gpu.pipeline(self._nsrc_key, self._nsrc, "matmul", self._nlayout)
+                )
                 cp.set_bind_group(0, self._nbind)
                 cp.dispatch_workgroups(-(-int(np_[4]) // t.bn), -(-int(n) // t.bm), 1)
             else:
@@ -254,7 +305,14 @@ class WgpuExecutor(Executor):
         if problem is not None:
             raise ValueError(f"no valid matrix at pc {mat}")
         np_ = np.zeros(12, U32)
-        np_[0], np_[1], np_[2], np_[3], np_[4], np_[5] = out // 4, inp // 4, rows, h.rows, h.cols, h.data_byte
+        np_[0], np_[1], np_[2], np_[3], np_[4], np_[5] = (
+            out // 4,
+            inp // 4,
+            rows,
+            h.rows,
+            h.cols,
+            h.data_byte,
+        )
         np_[6:8] = np.array([h.scale, h.offset], np.float32).view(U32)
         self.device.queue.write_buffer(self.nparams, 0, np_.tobytes())
         enc = self.device.create_command_encoder()
@@ -291,7 +349,8 @@ class WgpuExecutor(Executor):
         return MachineState(
             pc=s[f["PC"]].copy(),
             status=s[f["STATUS"]].copy(),
-            steps=s[f["STEPS_LO"]].astype(np.uint64) | s[f["STEPS_HI"]].astype(np.uint64) << np.uint64(32),
+            steps=s[f["STEPS_LO"]].astype(np.uint64)
+            | s[f["STEPS_HI"]].astype(np.uint64) << np.uint64(32),
             regs=s[f["R0"] : f["R0"] + NREGS].T.copy(),
             sp=s[f["SP"]].copy(),
             stack=s[f["STACK0"] : f["STACK0"] + CALL_DEPTH].T.copy(),

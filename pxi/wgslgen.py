@@ -49,7 +49,13 @@ def constants() -> str:
         lines.append(f"const MZ_{n}: u32 = 0x{op.mz:08x}u;")
         if op.ext_mz:
             lines.append(f"const XMZ_{n}: u32 = 0x{op.ext_mz:08x}u;")
-    for enum, prefix in ((Status, "ST_"), (FaultCode, "F_"), (RequestKind, "RK_"), (NeuralKind, "NK_"), (MatrixProblem, "MP_")):
+    for enum, prefix in (
+        (Status, "ST_"),
+        (FaultCode, "F_"),
+        (RequestKind, "RK_"),
+        (NeuralKind, "NK_"),
+        (MatrixProblem, "MP_"),
+    ):
         for m in enum:
             lines.append(f"const {prefix}{m.name}: u32 = {int(m)}u;")
     for name, i in FIELD.items():
@@ -78,7 +84,9 @@ def template(name: str) -> str:
 def render(name: str, **subst: str) -> str:
     src = template(name)
     if name == "interp.wgsl":
-        handled = {n for case in re.findall(r"case ([^:{]+):", src) for n in re.findall(r"OP_(\w+)", case)}
+        handled = {
+            n for case in re.findall(r"case ([^:{]+):", src) for n in re.findall(r"OP_(\w+)", case)
+        }
         missing = [op.mnemonic for op in OPCODES if _ident(op.mnemonic) not in handled]
         if missing:
             raise AssertionError(f"interp.wgsl does not handle opcodes: {missing}")

@@ -26,7 +26,16 @@ def default_answer(req) -> Response:
     return Response(req.thread, (req.thread * 2654435761 + req.pc * 40503 + 12345) % (1 << width))
 
 
-def run_both(program, threads=1, memory=4096, budget=10_000, rounds=50, answer=default_answer, setup=None, **kw):
+def run_both(
+    program,
+    threads=1,
+    memory=4096,
+    budget=10_000,
+    rounds=50,
+    answer=default_answer,
+    setup=None,
+    **kw,
+):
     """Run numpy and wgpu side by side, answering requests identically; return both
     executors and their per-run logs (asserting request streams agree as they go)."""
     exs = [create(b, program, threads, memory, **kw) for b in ("numpy", "wgpu")]
@@ -37,8 +46,19 @@ def run_both(program, threads=1, memory=4096, budget=10_000, rounds=50, answer=d
     for _ in range(rounds):
         results = [ex.run(budget) for ex in exs]
         for log, res in zip(logs, results, strict=True):
-            log.append((res.requests, res.faults, res.steps, res.counts, res.out_of_budget, res.max_thread_steps))
-        assert logs[0][-1] == logs[1][-1], f"run results differ:\n numpy {logs[0][-1]}\n wgpu  {logs[1][-1]}"
+            log.append(
+                (
+                    res.requests,
+                    res.faults,
+                    res.steps,
+                    res.counts,
+                    res.out_of_budget,
+                    res.max_thread_steps,
+                )
+            )
+        assert logs[0][-1] == logs[1][-1], (
+            f"run results differ:\n numpy {logs[0][-1]}\n wgpu  {logs[1][-1]}"
+        )
         pend = exs[0].pending()
         assert pend == exs[1].pending()
         if not pend and results[0].out_of_budget == 0:
@@ -58,4 +78,6 @@ def assert_same_state(exs) -> None:
     if ma != mb:
         x, y = np.frombuffer(ma, np.uint8), np.frombuffer(mb, np.uint8)
         bad = np.flatnonzero(x != y)
-        raise AssertionError(f"memory differs at {len(bad)} bytes, first at 0x{bad[0]:x}: {x[bad[0]]} vs {y[bad[0]]}")
+        raise AssertionError(
+            f"memory differs at {len(bad)} bytes, first at 0x{bad[0]:x}: {x[bad[0]]} vs {y[bad[0]]}"
+        )

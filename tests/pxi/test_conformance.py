@@ -140,7 +140,11 @@ def test_shipped_programs(budget):
 # no other instruction writes r15, so each thread only touches its own 256-byte region
 # (offsets are -128..127 around base+128): random programs are race-free by construction.
 MEM_OPS = {"ld8", "ld16", "ld32", "st8", "st16", "st32"}
-RANDOM_OPS = [m for m in BY_MNEMONIC if BY_MNEMONIC[m].group in ("control", "alu", "memory", "request") and m != "jr"]
+RANDOM_OPS = [
+    m
+    for m in BY_MNEMONIC
+    if BY_MNEMONIC[m].group in ("control", "alu", "memory", "request") and m != "jr"
+]
 
 
 ALU_OPS = [m for m in RANDOM_OPS if BY_MNEMONIC[m].group == "alu"]
@@ -150,7 +154,9 @@ ALU_OPS = [m for m in RANDOM_OPS if BY_MNEMONIC[m].group == "alu"]
 def instruction(draw) -> tuple[list[int], object]:
     """Pixels of one random instruction, and how to patch its branch target later:
     None, ("insn", k) for the start of the k-th instruction, or ("raw", pc)."""
-    if draw(st.sampled_from([False] * 40 + [True])):  # now and then a raw pixel (bad opcodes/encodings)
+    if draw(
+        st.sampled_from([False] * 40 + [True])
+    ):  # now and then a raw pixel (bad opcodes/encodings)
         return [draw(st.integers(0, 0xFFFFFFFF))], None
     names = draw(st.sampled_from([ALU_OPS, RANDOM_OPS]))  # ALU-heavy mix
     op = BY_MNEMONIC[draw(st.sampled_from(names))]
@@ -170,11 +176,18 @@ def instruction(draw) -> tuple[list[int], object]:
         elif o.kind == SIMM16:
             v = draw(st.integers(-40000, 40000)) & 0xFFFF
         elif o.kind == IMM32:
-            v = draw(st.sampled_from([0, 1, 0xFFFFFFFF, 0x80000000, 0x3F8, 0x3FB])) if draw(st.booleans()) else draw(st.integers(0, 0xFFFFFFFF))
+            v = (
+                draw(st.sampled_from([0, 1, 0xFFFFFFFF, 0x80000000, 0x3F8, 0x3FB]))
+                if draw(st.booleans())
+                else draw(st.integers(0, 0xFFFFFFFF))
+            )
         elif o.kind == TARGET:
             v = 0
             if draw(st.sampled_from([False] * 12 + [True])):
-                target = ("raw", draw(st.integers(0, 200)))  # often out of range, or mid-instruction
+                target = (
+                    "raw",
+                    draw(st.integers(0, 200)),
+                )  # often out of range, or mid-instruction
             else:
                 target = ("insn", draw(st.integers(0, 1000)))
         elif o.kind == WIDTH:
@@ -235,19 +248,38 @@ ALU_PROGRAM = asm(
 def _alu_ref(op: str, a: int, b: int) -> int:
     sa, sb, s = a - (a >> 31 << 32), b - (b >> 31 << 32), b & 31
     return {
-        "add": a + b, "sub": a - b, "mul": a * b, "and": a & b, "or": a | b, "xor": a ^ b,
-        "shl": a << s, "shr": a >> s, "sar": sa >> s, "seq": int(a == b), "slt": int(sa < sb), "sltu": int(a < b),
+        "add": a + b,
+        "sub": a - b,
+        "mul": a * b,
+        "and": a & b,
+        "or": a | b,
+        "xor": a ^ b,
+        "shl": a << s,
+        "shr": a >> s,
+        "sar": sa >> s,
+        "seq": int(a == b),
+        "slt": int(sa < sb),
+        "sltu": int(a < b),
     }[op] & 0xFFFFFFFF
 
 
 @settings(max_examples=15, deadline=None)
-@given(pairs=st.lists(st.tuples(st.integers(0, 0xFFFFFFFF), st.integers(0, 0xFFFFFFFF)), min_size=64, max_size=64))
+@given(
+    pairs=st.lists(
+        st.tuples(st.integers(0, 0xFFFFFFFF), st.integers(0, 0xFFFFFFFF)), min_size=64, max_size=64
+    )
+)
 def test_alu_against_python(pairs):
     """Each of 64 threads runs every ALU op on its own random operands; both backends
     must match each other and the Python definition."""
     inputs = np.zeros((64, 16), np.uint32)
     inputs[:, :2] = np.array(pairs, dtype=np.uint64).astype(np.uint32)
-    exs, _ = run_both(ALU_PROGRAM, threads=64, memory=64 * 64, setup=lambda ex: ex.write_memory(0, inputs.tobytes()))
+    exs, _ = run_both(
+        ALU_PROGRAM,
+        threads=64,
+        memory=64 * 64,
+        setup=lambda ex: ex.write_memory(0, inputs.tobytes()),
+    )
     assert_same_state(exs)
     out = np.frombuffer(exs[1].read_memory(0, 64 * 64), np.uint32).reshape(64, 16)
     for t, (a, b) in enumerate(pairs):

@@ -94,7 +94,9 @@ def random_source(draw):
             elif kind == "word":
                 lines.append(f"    .word {draw(st.integers(0, 0xFFFFFFFF))}")
             else:
-                lines.append(f'    .hex "{bytes(draw(st.lists(st.integers(0, 255), max_size=7))).hex()}"')
+                lines.append(
+                    f'    .hex "{bytes(draw(st.lists(st.integers(0, 255), max_size=7))).hex()}"'
+                )
     return "\n".join(lines) + "\n"
 
 
@@ -138,7 +140,7 @@ def test_matrix_round_trip_and_quantization(tmp_path):
         ("x: nop\nx: nop\n", "'x' is already defined"),
         ("out r1, r2, 64\n", "out width 64: want one of 8, 16, 32 (bits)."),
         ("mrd r1, r15, 32\n", "the address is the pair r15, r16; use r0..r14."),
-        (".qmatrix 2, 3, 0x3f800000, 0\n.hex \"00010203\"\nhalt\n", "but only 4 follow"),
+        ('.qmatrix 2, 3, 0x3f800000, 0\n.hex "00010203"\nhalt\n', "but only 4 follow"),
         ("add r1, r2\n", "add takes 3 operand(s): add rd, ra, rb"),
         (".bogus 1\n", "unknown directive '.bogus'"),
         ("jmp 99\n", "branch target 99 = 99 is outside the program"),
@@ -205,7 +207,12 @@ def test_corrupt_crc_and_16bit_rgba():
     def chunk(t, b):
         return struct.pack(">I", len(b)) + t + b + struct.pack(">I", zlib.crc32(t + b) & 0xFFFFFFFF)
 
-    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    png = (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
     with pytest.raises(ImageError, match="16-bit RGBA"):
         load_png(png, "x.png")
 
