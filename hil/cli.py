@@ -77,6 +77,42 @@ def cmd_doctor(ns: argparse.Namespace) -> int:
     return doctor(sys.stdout)
 
 
+def cmd_compare(ns: argparse.Namespace) -> int:
+    """Replay a vGPU run's trace without QEMU; exit 1 on the first divergence."""
+    from .errors import UserError
+    from .vgpu.replay import replay
+    from .vgpu.trace import TraceError, read
+
+    run = Path(ns.run)
+    path = run / "trace.jsonl" if run.is_dir() else run
+    if not path.is_file():
+        raise UserError(
+            f"{run}: no trace.jsonl here. Give a results directory of a run with "
+            "a virtual GPU (results/<scenario>/<run-id>/) or a trace file."
+        )
+    try:
+        records = read(path)
+    except TraceError as e:
+        raise UserError(str(e)) from None
+    p = records[0]["program"]
+    print(
+        f"{path}: program {p['sha256'][:16]} ({p['npix']} pixels, {p['threads']} threads), "
+        f"recorded on {records[0]['backend']} ({records[0]['adapter']})"
+    )
+    worst = 0
+    for backend in ns.backend or ["wgpu", "numpy"]:
+        r = replay(records, backend)
+        if r.divergence:
+            print(f"DIFF  {r.divergence}")
+            worst = 1
+        else:
+            print(
+                f"SAME  {backend}: {r.runs} runs, {r.requests} requests, {r.steps} "
+                "instructions, final thread states and memory identical"
+            )
+    return worst
+
+
 def cmd_test(ns: argparse.Namespace) -> int:
     import pytest
 
@@ -127,6 +163,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("doctor", help="report tools, KVM and the wgpu adapter")
     d.set_defaults(func=cmd_doctor)
+
+    c = sub.add_parser("compare", help="replay a vGPU run against host-side executors")
+    c.add_argument("run", metavar="RUN", help="results directory of the run (or its trace.jsonl)")
+    c.add_argument(
+        "--backend",
+        action="append",
+        choices=("wgpu", "numpy"),
+        help="replay on this executor (default: wgpu and numpy)",
+    )
+    c.set_defaults(func=cmd_compare)
 
     t = sub.add_parser("test", help="run the test suite (pytest; extra arguments go to it)")
     t.add_argument("pytest_args", nargs=argparse.REMAINDER)

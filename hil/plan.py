@@ -40,13 +40,24 @@ class Plan:
         gpu = None
         if self.gpu:
             o = self.gpu.options
-            gpu = {"program": str(o.program), "program_sha256": self.gpu.program_sha256,
-                   "backend": o.backend, "budget": o.budget, "threads": self.gpu.threads,
-                   "memory": self.gpu.memory, "vram": self.gpu.vram, "reference": o.reference}
-        return {"profile": self.profile.to_json(), "accel": self.accel,
-                "accel_reason": self.accel_reason,
-                "image_defines": dict(self.recipe.defines),
-                "devices": [repr(d) for d in self.devices], "gpu": gpu}
+            gpu = {
+                "program": str(o.program),
+                "program_sha256": self.gpu.program_sha256,
+                "backend": o.backend,
+                "budget": o.budget,
+                "threads": self.gpu.threads,
+                "memory": self.gpu.memory,
+                "vram": self.gpu.vram,
+                "reference": o.reference,
+            }
+        return {
+            "profile": self.profile.to_json(),
+            "accel": self.accel,
+            "accel_reason": self.accel_reason,
+            "image_defines": dict(self.recipe.defines),
+            "devices": [repr(d) for d in self.devices],
+            "gpu": gpu,
+        }
 
 
 def make_plan(scenario: Scenario) -> Plan:
@@ -63,8 +74,15 @@ def make_plan(scenario: Scenario) -> Plan:
         data = pl.encode(program, scenario.gpu.threads, scenario.gpu.memory)
         header = pl.decode_header(data)
         payload = pl.cached_payload(data)
-        gpu = GpuPlan(scenario.gpu, profile.vram, program.sha256(), header["threads"],
-                      header["memory"])
-    return Plan(scenario=scenario, profile=profile, accel=accel, accel_reason=why,
-                recipe=ImageRecipe(defines=tuple(defines), payload=payload),
-                devices=scenario.devices, gpu=gpu)
+        gpu = GpuPlan(
+            scenario.gpu, profile.vram, program.sha256(), header["threads"], header["memory"]
+        )
+    return Plan(
+        scenario=scenario,
+        profile=profile,
+        accel=accel,
+        accel_reason=why,
+        recipe=ImageRecipe(defines=tuple(defines), payload=payload),
+        devices=scenario.devices,
+        gpu=gpu,
+    )

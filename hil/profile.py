@@ -118,8 +118,11 @@ def load_profile(path: Path) -> Profile:
     vram_raw = f.raw("vram", DEFAULT_VRAM)
     vram = parse_size(vram_raw)
     if vram is None or vram < 1 << 16 or vram > 1 << 31 or vram & (vram - 1):
-        f.error("vram", f"{vram_raw!r} is not a usable VRAM size: a power of two from 64K to "
-                "2G, e.g. 'vram: 16M'.")
+        f.error(
+            "vram",
+            f"{vram_raw!r} is not a usable VRAM size: a power of two from 64K to "
+            "2G, e.g. 'vram: 16M'.",
+        )
         vram = DEFAULT_VRAM
     qargs = f.get("qemu_args", list, [], example="qemu_args: ['-device', 'pvpanic']")
     if qargs and not all(isinstance(a, str) for a in qargs):

@@ -84,9 +84,11 @@ def run_scenario(scenario: Scenario, opts: RunOptions, progress: Progress) -> Ru
                 # The bridge listens before QEMU starts and is stopped after it (LIFO).
                 o = plan.gpu.options
                 bridge = stack.enter_context(
-                    BridgeProcess(run_dir, plan.gpu.vram, o.backend, o.budget))
+                    BridgeProcess(run_dir, plan.gpu.vram, o.backend, o.budget)
+                )
                 cfg = dataclasses.replace(
-                    cfg, device_args=cfg.device_args + tuple(bridge.qemu_args()))
+                    cfg, device_args=cfg.device_args + tuple(bridge.qemu_args())
+                )
             machine = stack.enter_context(QemuMachine(cfg, run_dir))
             if bridge is not None:
                 # The bridge leaves when QEMU hangs up; only while QEMU runs is that a fault.
@@ -99,8 +101,9 @@ def run_scenario(scenario: Scenario, opts: RunOptions, progress: Progress) -> Ru
                 run_dir / "serial.log",
                 on_line=lambda ln: progress.console(ln.text, ln.t),
             )
-            runner = StepRunner(scenario, machine, console, plan.accel, on_step=progress.step,
-                                watchdogs=watchdogs)
+            runner = StepRunner(
+                scenario, machine, console, plan.accel, on_step=progress.step, watchdogs=watchdogs
+            )
             outcome = runner.out
             try:
                 runner.run()

@@ -199,8 +199,12 @@ def load_scenario(path: Path, profile_override: str | None = None) -> Scenario:
     image = _image(problems, f.raw("image"), f.line_of("image"))
     gpu = _gpu(problems, f.raw("gpu"), f.line_of("gpu"), path.parent)
     if gpu is not None and profile is not None and profile.gpu != "virtual":
-        problems.add(f.line_of("gpu"), "gpu", f"profile {profile.name!r} has no virtual GPU "
-                     "(gpu: none); pick a profile with 'gpu: virtual', e.g. q35-tcg-vgpu.")
+        problems.add(
+            f.line_of("gpu"),
+            "gpu",
+            f"profile {profile.name!r} has no virtual GPU "
+            "(gpu: none); pick a profile with 'gpu: virtual', e.g. q35-tcg-vgpu.",
+        )
     devices = dev.parse(problems, f.raw("devices"), "devices", path.parent)
     if profile is not None and profile.machine == "pc":
         for i, d in enumerate(devices):
@@ -302,8 +306,10 @@ def _gpu(problems: Problems, node, line, base_dir: Path) -> GpuOptions | None:
     if mem_raw is not None:
         memory = parse_size(mem_raw)
         if memory is None or memory % 4:
-            f.error("memory", f"{mem_raw!r} is not a data memory size (a multiple of 4 bytes, "
-                    "e.g. 64K).")
+            f.error(
+                "memory",
+                f"{mem_raw!r} is not a data memory size (a multiple of 4 bytes, e.g. 64K).",
+            )
     reference = f.choice("reference", REFERENCES, "none")
     f.done()
     if not f.ok or program is None:
@@ -315,8 +321,14 @@ def _gpu(problems: Problems, node, line, base_dir: Path) -> GpuOptions | None:
     if path.suffix not in (".pxs", ".png"):
         f.error("program", f"{path.name}: a GPU program is a .pxs source or a .png image.")
         return None
-    return GpuOptions(program=path, backend=backend or "wgpu", budget=budget or 100_000,
-                      threads=threads, memory=memory, reference=reference or "none")
+    return GpuOptions(
+        program=path,
+        backend=backend or "wgpu",
+        budget=budget or 100_000,
+        threads=threads,
+        memory=memory,
+        reference=reference or "none",
+    )
 
 
 def _steps(problems: Problems, node) -> list[Step]:

@@ -49,8 +49,9 @@ class Stop(Exception):
 
 
 class Bridge:
-    def __init__(self, vram: Vram, server: IvshmemServer, backend: str, budget: int,
-                 trace: TraceWriter):
+    def __init__(
+        self, vram: Vram, server: IvshmemServer, backend: str, budget: int, trace: TraceWriter
+    ):
         self.vram = vram
         self.server = server
         self.backend = backend
@@ -67,10 +68,21 @@ class Bridge:
         self.events: deque = deque(maxlen=4096)  # events no thread waits for yet
         self.runnable = False
         self.done = ""  # halted | fault | error once finished
-        self.stats = {"dispatches": 0, "dispatch_s": [], "steps": 0, "requests": 0,
-                      "responses": 0, "denied": 0, "events": 0, "roundtrip_s": [],
-                      "external_write_bytes": 0, "problems": 0, "doorbells_in": 0,
-                      "interrupts_out": 0, "program_loaded_s": None}
+        self.stats = {
+            "dispatches": 0,
+            "dispatch_s": [],
+            "steps": 0,
+            "requests": 0,
+            "responses": 0,
+            "denied": 0,
+            "events": 0,
+            "roundtrip_s": [],
+            "external_write_bytes": 0,
+            "problems": 0,
+            "doorbells_in": 0,
+            "interrupts_out": 0,
+            "program_loaded_s": None,
+        }
         self.t0 = time.monotonic()
 
     # -- start-up -----------------------------------------------------------------
@@ -93,16 +105,26 @@ class Bridge:
         spec, err = self.vram.program(MAX_THREADS)
         if spec is None:
             name = next(k for k, v in L.ERRORS.items() if v == err)
-            log.error("program refused: %s (prog_* fields %s)", name,
-                      {k: self.vram.get(f"prog_{k}")
-                       for k in ("width", "pixels", "entry", "threads", "memory")})
+            log.error(
+                "program refused: %s (prog_* fields %s)",
+                name,
+                {
+                    k: self.vram.get(f"prog_{k}")
+                    for k in ("width", "pixels", "entry", "threads", "memory")
+                },
+            )
             self._finish("error", error=err)
             return
         pixels = self.vram.program_pixels(spec)
         program = Program(np.frombuffer(pixels, dtype="<u4").copy(), spec.width, name="vram")
         try:
-            self.ex = create(self.backend, program, threads=spec.threads,
-                             memory_bytes=spec.memory, entry=spec.entry)
+            self.ex = create(
+                self.backend,
+                program,
+                threads=spec.threads,
+                memory_bytes=spec.memory,
+                entry=spec.entry,
+            )
         except (PxiError, ValueError) as e:
             log.error("program refused by the executor: %s", e)
             self._finish("error", error=L.ERRORS["BAD_SIZE"])
@@ -110,17 +132,33 @@ class Bridge:
         self.spec = spec
         self.snapshot = self.vram.read_heap(spec.memory)
         self.ex.write_memory(0, self.snapshot)
-        self.trace.write("start", version=FORMAT_VERSION, backend=self.backend,
-                         adapter=self.adapter, budget=self.budget,
-                         program={"width": spec.width, "pixels_z": pack(pixels),
-                                  "npix": spec.pixels, "entry": spec.entry,
-                                  "threads": spec.threads, "memory": spec.memory,
-                                  "sha256": program.sha256()})
+        self.trace.write(
+            "start",
+            version=FORMAT_VERSION,
+            backend=self.backend,
+            adapter=self.adapter,
+            budget=self.budget,
+            program={
+                "width": spec.width,
+                "pixels_z": pack(pixels),
+                "npix": spec.pixels,
+                "entry": spec.entry,
+                "threads": spec.threads,
+                "memory": spec.memory,
+                "sha256": program.sha256(),
+            },
+        )
         self.trace.write("memory", z=pack(self.snapshot))
         self.vram.put("state", L.STATES["RUNNING"])
         self.stats["program_loaded_s"] = round(time.monotonic() - self.t0, 6)
-        log.info("program loaded: %d pixels (width %d), %d threads, %d bytes of memory, "
-                 "entry %d", spec.pixels, spec.width, spec.threads, spec.memory, spec.entry)
+        log.info(
+            "program loaded: %d pixels (width %d), %d threads, %d bytes of memory, entry %d",
+            spec.pixels,
+            spec.width,
+            spec.threads,
+            spec.memory,
+            spec.entry,
+        )
         self.runnable = True
 
     # -- the loop -----------------------------------------------------------------
@@ -155,14 +193,17 @@ class Bridge:
             self.stats["roundtrip_s"].append(now - t_posted)
             deny = it["status"] == L.STATUS["DENY"]
             if it["status"] not in L.STATUS.values():
-                self._problem(f"response seq {it['seq']} has status {it['status']}; "
-                              "treated as DENY")
+                self._problem(
+                    f"response seq {it['seq']} has status {it['status']}; treated as DENY"
+                )
                 deny = True
             width = req.width or 32
             value = 0 if deny else it["value"] & ((1 << width) - 1)
             if not deny and value != it["value"]:
-                self._problem(f"response seq {it['seq']} value 0x{it['value']:x} wider than "
-                              f"{width} bits; truncated")
+                self._problem(
+                    f"response seq {it['seq']} value 0x{it['value']:x} wider than "
+                    f"{width} bits; truncated"
+                )
             answers.append((it["seq"], Response(req.thread, value=value, deny=deny)))
             self.stats["denied"] += deny
         self._respond(answers)
@@ -193,8 +234,7 @@ class Bridge:
     def _respond(self, answers: list) -> None:
         if not answers:
             return
-        self.trace.write("respond", items=[[seq, r.thread, r.value, r.deny]
-                                           for seq, r in answers])
+        self.trace.write("respond", items=[[seq, r.thread, r.value, r.deny] for seq, r in answers])
         self.ex.respond([r for _, r in answers])
         self.stats["responses"] += len(answers)
         self.runnable = True
@@ -228,16 +268,23 @@ class Bridge:
         for req in res.requests:
             if req.kind == RequestKind.WAIT_EVENT:
                 self.waiting.append(req)
-                rows.append([-1, req.thread, req.pc, int(req.kind), req.width, req.address,
-                             req.value])
+                rows.append(
+                    [-1, req.thread, req.pc, int(req.kind), req.width, req.address, req.value]
+                )
             else:
                 self.unposted.append((self.seq, req))
-                rows.append([self.seq, req.thread, req.pc, int(req.kind), req.width,
-                             req.address, req.value])
+                rows.append(
+                    [self.seq, req.thread, req.pc, int(req.kind), req.width, req.address, req.value]
+                )
                 self.seq += 1
-        self.trace.write("run", n=self.stats["dispatches"], budget=self.budget,
-                         steps=res.steps, requests=rows,
-                         faults=[[f.thread, f.pc, int(f.code), f.d0, f.d1] for f in res.faults])
+        self.trace.write(
+            "run",
+            n=self.stats["dispatches"],
+            budget=self.budget,
+            steps=res.steps,
+            requests=rows,
+            faults=[[f.thread, f.pc, int(f.code), f.d0, f.d1] for f in res.faults],
+        )
         self.vram.put("steps", self.stats["steps"] & ((1 << 64) - 1))
         self.vram.put("dispatches", self.stats["dispatches"])
         counts = res.counts
@@ -264,8 +311,12 @@ class Bridge:
             batch.append(self.unposted.popleft())
         if not batch:
             return
-        self.vram.post_requests([Posted(seq, r.thread, int(r.kind), r.width, r.pc, r.address,
-                                        r.value) for seq, r in batch])
+        self.vram.post_requests(
+            [
+                Posted(seq, r.thread, int(r.kind), r.width, r.pc, r.address, r.value)
+                for seq, r in batch
+            ]
+        )
         now = time.monotonic()
         for seq, req in batch:
             self.pending[seq] = (req, now)
@@ -298,26 +349,46 @@ class Bridge:
 
         st = self.ex.state()
         w = self.spec.width
-        return [{"thread": t, "pc": int(st.pc[t]), "x": int(st.pc[t]) % w,
-                 "y": int(st.pc[t]) // w, "status": Status(int(st.status[t])).name,
-                 "steps": int(st.steps[t])} for t in range(min(len(st.pc), 64))]
+        return [
+            {
+                "thread": t,
+                "pc": int(st.pc[t]),
+                "x": int(st.pc[t]) % w,
+                "y": int(st.pc[t]) // w,
+                "status": Status(int(st.status[t])).name,
+                "steps": int(st.steps[t]),
+            }
+            for t in range(min(len(st.pc), 64))
+        ]
 
     def close(self, run_dir: Path, reason: str) -> None:
         if self.ex is not None:
             st = self.ex.state()
-            self.trace.write("end", how=self.done or reason,
-                             z=pack(self.ex.read_memory(0, self.spec.memory)),
-                             threads=[[int(st.pc[t]), int(st.status[t]), int(st.steps[t])]
-                                      for t in range(len(st.pc))])
+            self.trace.write(
+                "end",
+                how=self.done or reason,
+                z=pack(self.ex.read_memory(0, self.spec.memory)),
+                threads=[
+                    [int(st.pc[t]), int(st.status[t]), int(st.steps[t])] for t in range(len(st.pc))
+                ],
+            )
         self.trace.close()
         s = self.stats
         rt = sorted(s.pop("roundtrip_s"))
         ds = s.pop("dispatch_s")
-        out = {**s, "backend": self.backend, "adapter": self.adapter, "budget": self.budget,
-               "ended": self.done or reason, "wall_s": round(time.monotonic() - self.t0, 6),
-               "roundtrip_us": _quantiles(rt), "dispatch_ms": _quantiles(ds, 1e3),
-               "dispatch_total_s": round(sum(ds), 6), "threads": self.threads(),
-               "program": None if self.spec is None else vars(self.spec)}
+        out = {
+            **s,
+            "backend": self.backend,
+            "adapter": self.adapter,
+            "budget": self.budget,
+            "ended": self.done or reason,
+            "wall_s": round(time.monotonic() - self.t0, 6),
+            "roundtrip_us": _quantiles(rt),
+            "dispatch_ms": _quantiles(ds, 1e3),
+            "dispatch_total_s": round(sum(ds), 6),
+            "threads": self.threads(),
+            "program": None if self.spec is None else vars(self.spec),
+        }
         tmp = run_dir / "bridge.json.tmp"
         tmp.write_text(json.dumps(out, indent=1) + "\n")
         tmp.replace(run_dir / "bridge.json")
@@ -331,8 +402,13 @@ def _quantiles(values: list[float], scale: float = 1e6) -> dict:
     def q(p: float) -> float:
         return round(v[min(len(v) - 1, int(p * len(v)))] * scale, 3)
 
-    return {"n": len(v), "p50": q(0.5), "p99": q(0.99), "max": round(v[-1] * scale, 3),
-            "mean": round(statistics.fmean(v) * scale, 3)}
+    return {
+        "n": len(v),
+        "p50": q(0.5),
+        "p99": q(0.99),
+        "max": round(v[-1] * scale, 3),
+        "mean": round(statistics.fmean(v) * scale, 3),
+    }
 
 
 def _changed(old: bytes, new: bytes, gap: int = 64) -> list[tuple[int, int]]:
@@ -348,19 +424,26 @@ def _changed(old: bytes, new: bytes, gap: int = 64) -> list[tuple[int, int]]:
     return [(int(s), int(e)) for s, e in zip(starts, ends, strict=True)]
 
 
+def _ignore_signals() -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="pxOS vGPU bridge (started by hil)")
     ap.add_argument("--socket", required=True)
     ap.add_argument("--vram-size", type=int, required=True)
     ap.add_argument("--run-dir", required=True, type=Path)
     ap.add_argument("--backend", default="wgpu", choices=("wgpu", "numpy"))
-    ap.add_argument("--budget", type=int, default=100_000,
-                    help="steps per thread per executor run")
+    ap.add_argument("--budget", type=int, default=100_000, help="steps per thread per executor run")
     ap.add_argument("--accept-timeout", type=float, default=60.0)
     args = ap.parse_args(argv)
 
-    logging.basicConfig(filename=args.run_dir / "bridge.log", level=logging.INFO,
-                        format="%(relativeCreated)10.1f ms %(levelname)s %(message)s")
+    logging.basicConfig(
+        filename=args.run_dir / "bridge.log",
+        level=logging.INFO,
+        format="%(relativeCreated)10.1f ms %(levelname)s %(message)s",
+    )
 
     def stop(signum, frame):
         raise Stop
@@ -399,8 +482,12 @@ def main(argv: list[str] | None = None) -> int:
     except Exception:
         log.exception("bridge crashed")
         reason = "crashed"
+        _ignore_signals()
         bridge.close(args.run_dir, reason)
         raise
+    # Finishing the records must not be cut short by the SIGTERM hil sends when QEMU
+    # is gone (it waits, then SIGKILLs a bridge that hangs).
+    _ignore_signals()
     bridge.close(args.run_dir, reason)
     server.close()
     return 0

@@ -52,17 +52,40 @@ class BridgeProcess:
     def start(self) -> None:
         self.sockdir = tempfile.mkdtemp(prefix="hil-vgpu-")
         self.socket = os.path.join(self.sockdir, "ivshmem.sock")
-        launcher = [host.which("setpriv"), "--pdeathsig", "KILL", "--"] \
-            if host.which("setpriv") else []
-        argv = [sys.executable, "-m", "hil.vgpu.bridge", "--socket", self.socket,
-                "--vram-size", str(self.vram_size), "--run-dir", str(self.run_dir),
-                "--backend", self.backend, "--budget", str(self.budget)]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-            [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")])}
+        launcher = (
+            [host.which("setpriv"), "--pdeathsig", "KILL", "--"] if host.which("setpriv") else []
+        )
+        argv = [
+            sys.executable,
+            "-m",
+            "hil.vgpu.bridge",
+            "--socket",
+            self.socket,
+            "--vram-size",
+            str(self.vram_size),
+            "--run-dir",
+            str(self.run_dir),
+            "--backend",
+            self.backend,
+            "--budget",
+            str(self.budget),
+        ]
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(
+                [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")]
+            ),
+        }
         with (self.run_dir / "bridge.stderr").open("wb") as err:
-            self.proc = subprocess.Popen(launcher + argv, stdin=subprocess.DEVNULL,
-                                         stdout=subprocess.PIPE, stderr=err, env=env,
-                                         start_new_session=True, close_fds=True)
+            self.proc = subprocess.Popen(
+                launcher + argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                env=env,
+                start_new_session=True,
+                close_fds=True,
+            )
         deadline = time.monotonic() + READY_TIMEOUT
         line = b""
         while not line.endswith(b"\n"):
@@ -78,15 +101,20 @@ class BridgeProcess:
             raise InfraError(f"the vGPU bridge said {line!r} instead of READY")
 
     def qemu_args(self) -> list[str]:
-        return ["-chardev", f"socket,id=vgpu,path={self.socket}",
-                "-device", "ivshmem-doorbell,chardev=vgpu,vectors=1"]
+        return [
+            "-chardev",
+            f"socket,id=vgpu,path={self.socket}",
+            "-device",
+            "ivshmem-doorbell,chardev=vgpu,vectors=1",
+        ]
 
     def check(self) -> None:
         """Raise InfraError if the bridge died while the machine runs."""
         if self.proc is not None and self.proc.poll() is not None:
             self.status = self.proc.returncode
-            raise InfraError(f"the vGPU bridge exited unexpectedly (status {self.status}): "
-                             f"{self.diagnosis()}")
+            raise InfraError(
+                f"the vGPU bridge exited unexpectedly (status {self.status}): {self.diagnosis()}"
+            )
 
     def diagnosis(self) -> str:
         """The last lines the bridge wrote about itself."""

@@ -77,8 +77,12 @@ class Vram:
     def program(self, max_threads: int) -> tuple[ProgramSpec | None, int]:
         """The program the guest asked for, or (None, L.ERRORS code)."""
         g = {k: self.get(f"prog_{k}") for k in ("width", "pixels", "entry", "threads", "memory")}
-        if not g["width"] or not g["pixels"] or g["pixels"] % g["width"] \
-                or g["pixels"] * 4 > self.r.prog_max:
+        if (
+            not g["width"]
+            or not g["pixels"]
+            or g["pixels"] % g["width"]
+            or g["pixels"] * 4 > self.r.prog_max
+        ):
             return None, L.ERRORS["BAD_SIZE"]
         if not g["memory"] or g["memory"] % 4 or g["memory"] > self.r.heap_size:
             return None, L.ERRORS["BAD_MEMORY"]
@@ -113,8 +117,10 @@ class Vram:
         h, t = self._counter(head), self._counter(tail)
         n = (h - t) % U32
         if n > self.n:
-            return 0, Problem(f"{head}={h} and {tail}={t} are {n} apart, more than the ring's "
-                              f"{self.n} entries; ignoring the ring until they make sense")
+            return 0, Problem(
+                f"{head}={h} and {tail}={t} are {n} apart, more than the ring's "
+                f"{self.n} entries; ignoring the ring until they make sense"
+            )
         return n, None
 
     def request_space(self) -> tuple[int, Problem | None]:

@@ -43,10 +43,15 @@ def load_program(path: Path):
 
 def encode(program, threads: int | None = None, memory: int | None = None) -> bytes:
     header = bytearray(L.PAYLOAD.size)
-    values = {"magic": L.PAYLOAD_MAGIC, "version": L.PAYLOAD_VERSION, "width": program.width,
-              "pixels": program.npix, "entry": program.entry,
-              "threads": threads or program.meta.threads or 1,
-              "memory": memory or program.meta.memory or DEFAULT_MEMORY}
+    values = {
+        "magic": L.PAYLOAD_MAGIC,
+        "version": L.PAYLOAD_VERSION,
+        "width": program.width,
+        "pixels": program.npix,
+        "entry": program.entry,
+        "threads": threads or program.meta.threads or 1,
+        "memory": memory or program.meta.memory or DEFAULT_MEMORY,
+    }
     for name, value in values.items():
         L.PAYLOAD.put(header, 0, name, value)
     return bytes(header) + program.pixels.astype("<u4").tobytes()
@@ -58,8 +63,9 @@ def decode_header(data: bytes) -> dict[str, int]:
 
 def cached_payload(data: bytes, cache_root: Path | None = None) -> Path:
     """Write the payload once under the cache, named by its hash; return the path."""
-    root = cache_root or Path(os.environ.get("PXOS_HIL_CACHE")
-                              or Path.home() / ".cache" / "pxos-hil" / "images")
+    root = cache_root or Path(
+        os.environ.get("PXOS_HIL_CACHE") or Path.home() / ".cache" / "pxos-hil" / "images"
+    )
     d = root.parent / "payloads" if root.name == "images" else root / "payloads"
     d.mkdir(parents=True, exist_ok=True)
     path = d / f"{hashlib.sha256(data).hexdigest()[:24]}.pxip"

@@ -73,8 +73,7 @@ def replay(records: list[dict], backend: str) -> ReplayResult:
     start = records[0]
     program = _program(start)
     p = start["program"]
-    ex = create(backend, program, threads=p["threads"], memory_bytes=p["memory"],
-                entry=p["entry"])
+    ex = create(backend, program, threads=p["threads"], memory_bytes=p["memory"], entry=p["entry"])
     runs = nreq = steps = 0
 
     def diverge(where: str, message: str) -> ReplayResult:
@@ -88,27 +87,35 @@ def replay(records: list[dict], backend: str) -> ReplayResult:
             for off, data in rec["ranges"]:
                 ex.write_memory(off, data)
         elif t == "respond":
-            ex.respond([Response(thread, value=value, deny=bool(deny))
-                        for _, thread, value, deny in rec["items"]])
+            ex.respond(
+                [
+                    Response(thread, value=value, deny=bool(deny))
+                    for _, thread, value, deny in rec["items"]
+                ]
+            )
         elif t == "run":
             res = ex.run(rec["budget"])
             runs += 1
             steps += res.steps
-            got = [[r.thread, r.pc, int(r.kind), r.width, r.address, r.value]
-                   for r in res.requests]
+            got = [[r.thread, r.pc, int(r.kind), r.width, r.address, r.value] for r in res.requests]
             want = [row[1:] for row in rec["requests"]]
             for i in range(max(len(got), len(want))):
                 if i < len(got) and i < len(want) and got[i] == want[i]:
                     continue
                 w = rec["requests"][i] if i < len(want) else None
                 g = [None, *got[i]] if i < len(got) else None
-                thread = (w or g)[1]
-                pc = (w or g)[2]
+
+                def at(row) -> str:
+                    if row is None:
+                        return "no request"
+                    return (
+                        f"{_req_text(row)} from thread {row[1]} at "
+                        f"{_where_in_program(program, row[2])}"
+                    )
+
                 return diverge(
-                    f"request #{nreq + i} (run {runs})",
-                    f"thread {thread} at {_where_in_program(program, pc)}: expected "
-                    f"{_req_text(w) if w else 'no request'}, got "
-                    f"{_req_text(g) if g else 'no request'}")
+                    f"request #{nreq + i} (run {runs})", f"expected {at(w)}; got {at(g)}"
+                )
             nreq += len(want)
             gf = [[f.thread, f.pc, int(f.code), f.d0, f.d1] for f in res.faults]
             if gf != rec["faults"]:
@@ -117,20 +124,24 @@ def replay(records: list[dict], backend: str) -> ReplayResult:
                 return diverge(f"run {runs}", f"expected {rec['steps']} steps, got {res.steps}")
         elif t == "end":
             st = ex.state()
-            got = [[int(st.pc[i]), int(st.status[i]), int(st.steps[i])]
-                   for i in range(len(st.pc))]
+            got = [[int(st.pc[i]), int(st.status[i]), int(st.steps[i])] for i in range(len(st.pc))]
             for i, (g, w) in enumerate(zip(got, rec["threads"], strict=False)):
                 if g != w:
-                    return diverge(f"thread {i} final state",
-                                   f"expected pc/status/steps {w}, got {g} "
-                                   f"({_where_in_program(program, g[0])})")
+                    return diverge(
+                        f"thread {i} final state",
+                        f"expected pc/status/steps {w}, got {g} "
+                        f"({_where_in_program(program, g[0])})",
+                    )
             mem = ex.read_memory(0, p["memory"])
             if "data" in rec and mem != rec["data"]:
                 a = np.frombuffer(mem, np.uint8)
                 b = np.frombuffer(rec["data"], np.uint8)
                 off = int(np.flatnonzero(a != b)[0])
-                return diverge("final memory", f"first difference at byte 0x{off:x}: "
-                               f"expected 0x{b[off]:02x}, got 0x{a[off]:02x}")
+                return diverge(
+                    "final memory",
+                    f"first difference at byte 0x{off:x}: "
+                    f"expected 0x{b[off]:02x}, got 0x{a[off]:02x}",
+                )
     return ReplayResult(backend, runs, nreq, steps, None)
 
 

@@ -39,31 +39,48 @@ def gpu_metrics(stats: dict, lines) -> dict[str, float]:
 
 def thread_summary(stats: dict, limit: int = 8) -> str:
     th = stats.get("threads") or []
-    parts = [f"t{t['thread']} pc {t['pc']} ({t['x']},{t['y']}) {t['status']} "
-             f"after {t['steps']} steps" for t in th[:limit]]
+    parts = [
+        f"t{t['thread']} pc {t['pc']} ({t['x']},{t['y']}) {t['status']} after {t['steps']} steps"
+        for t in th[:limit]
+    ]
     more = f" (+{len(th) - limit} more in bridge.json)" if len(th) > limit else ""
     return "; ".join(parts) + more
 
 
-def gpu_results(plan, run_dir: Path, stats: dict | None, console, verdict: Verdict,
-                data: dict) -> Verdict:
+def gpu_results(
+    plan, run_dir: Path, stats: dict | None, console, verdict: Verdict, data: dict
+) -> Verdict:
     lines = console.lines if console is not None else []
     if stats is None:
         data["gpu"] = {"error": "the bridge wrote no statistics (bridge.json missing)"}
         if verdict.outcome == PASS:
-            return Verdict(ERROR, "the vGPU bridge left no statistics; see bridge.log",
-                           "infra")
+            return Verdict(ERROR, "the vGPU bridge left no statistics; see bridge.log", "infra")
         return verdict
     metrics = gpu_metrics(stats, lines)
-    data["gpu"] = {**{k: stats.get(k) for k in ("backend", "adapter", "ended", "budget",
-                                                 "program", "threads", "roundtrip_us",
-                                                 "dispatch_ms", "problems")},
-                   "metrics": metrics}
-    data["artifacts"].update({n: n for n in ("trace.jsonl", "bridge.json", "bridge.log")
-                              if (run_dir / n).exists()})
+    data["gpu"] = {
+        **{
+            k: stats.get(k)
+            for k in (
+                "backend",
+                "adapter",
+                "ended",
+                "budget",
+                "program",
+                "threads",
+                "roundtrip_us",
+                "dispatch_ms",
+                "problems",
+            )
+        },
+        "metrics": metrics,
+    }
+    data["artifacts"].update(
+        {n: n for n in ("trace.jsonl", "bridge.json", "bridge.log") if (run_dir / n).exists()}
+    )
     if stats.get("ended") == "crashed":
-        return Verdict(ERROR, "the vGPU bridge crashed; see bridge.log", "infra",
-                       evidence=verdict.evidence)
+        return Verdict(
+            ERROR, "the vGPU bridge crashed; see bridge.log", "infra", evidence=verdict.evidence
+        )
     if verdict.outcome == TIMEOUT and stats.get("threads"):
         verdict.reason += f"; GPU threads at the end: {thread_summary(stats)}"
     denials = [ln.text for ln in lines if _DENY.match(ln.text)]
@@ -75,11 +92,22 @@ def gpu_results(plan, run_dir: Path, stats: dict | None, console, verdict: Verdi
 
         results = compare(run_dir / "trace.jsonl")
         data["gpu"]["reference"] = [
-            {"backend": r.backend, "runs": r.runs, "requests": r.requests, "steps": r.steps,
-             "divergence": str(r.divergence) if r.divergence else None} for r in results]
+            {
+                "backend": r.backend,
+                "runs": r.runs,
+                "requests": r.requests,
+                "steps": r.steps,
+                "divergence": str(r.divergence) if r.divergence else None,
+            }
+            for r in results
+        ]
         bad = next((r.divergence for r in results if r.divergence), None)
         if bad is not None:
-            return Verdict(FAIL, f"GPU behaviour differs from the host-side reference: {bad}",
-                           "reference", step_label="reference check",
-                           evidence=verdict.evidence)
+            return Verdict(
+                FAIL,
+                f"GPU behaviour differs from the host-side reference: {bad}",
+                "reference",
+                step_label="reference check",
+                evidence=verdict.evidence,
+            )
     return verdict

@@ -70,8 +70,10 @@ def read(path: Path) -> list[dict]:
             t = rec["t"]
             if t == "start":
                 if rec.get("version") != FORMAT_VERSION:
-                    raise TraceError(f"{path}:{n}: trace format {rec.get('version')}, this "
-                                     f"hil reads {FORMAT_VERSION}")
+                    raise TraceError(
+                        f"{path}:{n}: trace format {rec.get('version')}, this "
+                        f"hil reads {FORMAT_VERSION}"
+                    )
                 rec["program"]["pixels"] = unpack(rec["program"].pop("pixels_z"))
             elif t in ("memory", "end") and "z" in rec:
                 rec["data"] = unpack(rec.pop("z"))
@@ -83,6 +85,8 @@ def read(path: Path) -> list[dict]:
             raise TraceError(f"{path}:{n}: malformed trace record ({e})") from None
         records.append(rec)
     if not records or records[0]["t"] != "start":
-        raise TraceError(f"{path}: not a vGPU trace (no 'start' record); was the run made "
-                         "with a virtual GPU that received a program?")
+        raise TraceError(
+            f"{path}: not a vGPU trace (no 'start' record); was the run made "
+            "with a virtual GPU that received a program?"
+        )
     return records
