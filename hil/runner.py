@@ -113,6 +113,7 @@ def run_scenario(scenario: Scenario, opts: RunOptions, progress: Progress) -> Ru
                 verdict = f.verdict
             data["durations"]["machine_s"] = round(time.monotonic() - machine.launched, 3)
             data["qemu"]["events"] = [e for _, e in machine.qmp.events()] if machine.qmp else []
+            data["qemu"]["kvm_stats"] = _kvm_stats(machine) if plan.accel == "kvm" else None
             data["qemu"]["exit_status"] = machine.stop()
             if bridge is not None:
                 bridge.stop()
@@ -242,6 +243,22 @@ def _finish(
     data["artifacts"]["junit.xml"] = "junit.xml"
     results.write_json(run_dir / "run.json", data)
     results.write_junit(run_dir / "junit.xml", data)
+
+
+def _kvm_stats(machine: QemuMachine) -> dict | None:
+    """KVM's per-vCPU exit counters summed at the end of the run (None if unavailable)."""
+    if machine.poll() is not None or machine.qmp is None or not machine.qmp.connected:
+        return None
+    try:
+        res = machine.qmp.cmd("query-stats", target="vcpu", providers=[{"provider": "kvm"}])
+    except InfraError:
+        return None
+    out: dict[str, int] = {}
+    for vcpu in res:
+        for s in vcpu["stats"]:
+            if isinstance(s["value"], int) and s["name"].endswith(("exits", "_wait_ns")):
+                out[s["name"]] = out.get(s["name"], 0) + s["value"]
+    return out
 
 
 def _check_limit(lim, value) -> tuple[bool, str]:
