@@ -33,12 +33,19 @@ def _scenario_files(args: list[str]) -> list[Path]:
 def _load_all(paths: list[str], profile: str | None):
     from .scenario import load_scenario
 
+    from .errors import UserError
+    from .plan import make_plan
+
     scenarios, problems = [], []
     for path in _scenario_files(paths):
         try:
-            scenarios.append(load_scenario(path, profile))
+            sc = load_scenario(path, profile)
+            make_plan(sc)  # e.g. assembles the GPU program: its mistakes are input errors too
+            scenarios.append(sc)
         except ValidationError as e:
             problems += e.problems
+        except UserError as e:
+            problems.append(f"{path}: {e}")
     if problems:
         raise ValidationError(problems)
     return scenarios
