@@ -102,8 +102,8 @@ static void bridge(void)
 // enable MSI-X.  The table lives in the BAR its capability names.
 static void msix(const u64 *bar)
 {
-    for (u32 p = cfg(0x34) & 0xFC; p; p = cfg(p) >> 8 & 0xFC)
-        if ((cfg(p) & 0xFF) == 0x11) {
+    for (u32 p = cfg(0x34), c; (p &= 0xFC); p = c >> 8)
+        if ((u8)(c = cfg(p)) == 0x11) {
             u32 t = cfg(p + 4);                 // table offset | BAR index
             volatile u32 *e = (void *)(bar[t & 7] + (t & ~7));
             e[0] = 0xFEE00000;                  // message address: APIC ID 0
@@ -121,7 +121,7 @@ static void msix(const u64 *bar)
 static void function(u32 type)
 {
     u32 cmd = cfg(4), ok = 1, id = cfg(0);
-    u64 bar[6] = {0}, bar_size[6] = {0};
+    static u64 bar[6], bar_size[6];  // this function's BARs (0: none), for the vGPU
     cfg_set(4, cmd & ~3);           // decode off while BARs hold all-ones
     ident("pci");
     for (u32 off = 0x10; off < (type ? 0x18 : 0x28); off += 4) {   // a bridge has two BARs
@@ -146,11 +146,11 @@ static void function(u32 type)
             }
             kprintf(" bar%1=%s%s:%1/%1", (u64)(off - 0x10) / 4, io ? "io" : wide ? "m64" : "m32",
                     (lo & 9) == 8 ? "p" : "", base, size);
-            bar[(off - 0x10) / 4] = base;
-            bar_size[(off - 0x10) / 4] = size;
             if (id != IVSHMEM)
                 broker_allow(base, size, io);
         }
+        bar[(off - 0x10) / 4] = base;
+        bar_size[(off - 0x10) / 4] = size;
         off += 4 * wide;
     }
     cfg_set(4, ok ? cmd | 7 : cmd); // I/O + memory decode, bus master
