@@ -17,8 +17,8 @@ extern char isr_sled[], irq_stub[];   // entry.asm
 void idt_init(void)
 {
     for (int v = 0; v < 0x29; v++) {
-        u32 a = (u32)(u64)(v < 32 ? isr_sled + 2 * v : irq_stub);
-        idt[v][0] = 0x10 << 16 | (a & 0xFFFF);      // selector 0x10 (64-bit code), offset 15:0
+        u64 a = v < 32 ? (u64)isr_sled + 2 * v : (u64)irq_stub;
+        idt[v][0] = 0x10 << 16 | (u16)a;            // selector 0x10 (64-bit code), offset 15:0
         idt[v][1] = (a & 0xFFFF0000) | 0x8E00;      // offset 31:16, present, DPL 0, interrupt gate
     }
     asm volatile("lidt %0" : : "m"(idtr));
