@@ -14,7 +14,7 @@
 
 #define IVSHMEM 0x11101AF4  // 1af4:1110: QEMU's ivshmem, the vGPU when a bridge answers
 
-static u64 ecam;    // ECAM base; 0 = legacy ports
+static u32 ecam;    // ECAM base (below 4 GiB); 0 = legacy ports
 static u32 cur;     // the function we are looking at: bus << 8 | device << 3 | function
 static u32 old;     // what probe() found in the register before sizing it
 // Next free BAR address: [0] memory, above q35's ECAM window (0xB0000000,
@@ -26,7 +26,7 @@ static u32 next[2] = {0xC0000000, 0xC000};
 static volatile u32 *reg(u32 off)
 {
     if (ecam)
-        return (volatile u32 *)(ecam + (cur << 12) + off);
+        return (volatile u32 *)(u64)(ecam + (cur << 12) + off);
     outl(0xCF8, 0x80000000 | cur << 8 | off);   // device lands in bits 15:11
     return 0;
 }
@@ -61,8 +61,8 @@ static u64 align(u64 a, u64 n) { return (a + n - 1) & -n; }
 // Bridge windows have 1 MiB (memory) and 4 KiB (I/O) granularity.
 static void align_windows(void)
 {
-    next[0] = align(next[0], 1 << 20);
-    next[1] = align(next[1], 1 << 12);
+    next[0] = (next[0] + 0xFFFFF) & ~0xFFFFF;
+    next[1] = (next[1] + 0xFFF) & ~0xFFF;
 }
 
 static void ident(const char *tag)
