@@ -20,8 +20,8 @@ static int eq(const char *a, const char *b)
 
 static void stats(void)
 {
-    kprintf("stats busy=%1 halt=%1 wakes=%1 reqs=%1\n", rdtsc() - t_kernel - halted, halted,
-            wakes, served);
+    u64 busy = rdtsc() - t_kernel - halted;
+    kprintf("stats busy=%1 halt=%1 wakes=%1 reqs=%1\n", busy, halted, wakes, served);
 }
 
 static void command(const char *line)

@@ -35,7 +35,7 @@ void broker_allow(u64 base, u64 size, int io)
 {
     // A BAR above the 4 GiB identity map could not be touched without a
     // fault; base 0 is a BAR pci.c found no room for (it decodes nothing).
-    if (nallow < 32 && base && (io || base + size <= 1UL << 32))
+    if (nallow < 32 && base && (io || (base + size - 1) >> 32 == 0))
         allow[nallow++] = (struct range){base, size, io};
 }
 
