@@ -4,7 +4,7 @@
 %include "longmode.inc"                 ; from boot/: shared with the boot sector
 
 extern  kmain, exception, vprint
-global  _start, isr_sled, irq_stub, kprintf, copy, access
+global  _start, idt_init, kprintf, copy, access
 
 ; --- BIOS path ------------------------------------------------------------
 ; The boot sector copies the image to 0x100000 and jumps to its first byte in
@@ -63,6 +63,30 @@ isr_common:
 .noerr: mov     rdx, [rsp]              ; RIP of the faulting instruction
         mov     rcx, cr2
         jmp     exception               ; C, never returns
+
+; --- idt_init(): point vectors 0-31 into the sled, 0x20-0x28 at irq_stub ----
+; 64-bit interrupt gates, 16 bytes each: offset 15:0 and selector 0x10
+; (64-bit code), then type 0x8E (present, DPL 0, interrupt gate) and offset
+; 31:16.  The kernel lives below 4 GiB, so the upper 8 bytes (offset 63:32)
+; stay 0 from .bss and scasq just steps over them.
+idt_init:
+        mov     edi, idt
+        mov     edx, isr_sled
+.gate:  movzx   eax, dx
+        or      eax, SEL_CODE64 << 16
+        stosd
+        mov     eax, edx
+        mov     ax, 0x8E00
+        stosd
+        scasq
+        add     edx, 2                  ; the next sled entry
+        cmp     edi, idt + 32 * 16
+        jb      .gate
+        mov     edx, irq_stub           ; from vector 0x20 on
+        cmp     edi, idt_end
+        jb      .gate
+        lidt    [rel idtr]
+        ret
 
 ; Hardware interrupts (PIC vectors 0x20-0x27, the vGPU's MSI-X 0x28).  The
 ; idle loop polls the devices after every wake-up, so an interrupt only has to
@@ -173,11 +197,15 @@ kprintf:
         section .rodata
         align   8
         PXOS_GDT gdt
+idtr:   dw      idt_end - idt - 1
+        dq      idt
 
         section .bss
         align   16
         resb    4096
 stack_top:
+idt:    resb    0x29 * 16               ; exceptions, PIC 0x20-0x27, MSI-X 0x28 (vgpu_layout.h)
+idt_end:
 
 ; PVH page tables: six pages, outside .bss (the linker script puts them last;
 ; on the BIOS path a payload may overlay them).

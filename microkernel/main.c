@@ -24,12 +24,9 @@ static void stats(void)
     kprintf("stats busy=%1 halt=%1 wakes=%1 reqs=%1\n", busy, halted, wakes, served);
 }
 
-// The commands of docs/console.md, in one string: command() numbers them.
-static const char commands[] = "stats\0shutdown\0ud\0pf";
-
 static void command(const char *line)
 {
-    const char *c = commands;
+    const char *c = "stats\0shutdown\0ud\0pf";   // docs/console.md, numbered 0-3
     u32 i = 0;
     while (!eq(line, c)) {      // skip to the next name
         if (++i == 4) {
