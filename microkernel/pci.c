@@ -169,14 +169,15 @@ static void function(u32 type)
 
 static void scan_bus(u32 bus)
 {
-    for (u32 bdf = bus << 8; bdf < (bus + 1) << 8; bdf++) {
+    u32 bdf = bus << 8;
+    do {
         cur = bdf;
         u32 hdr = 0;                        // absent: treated as single-function
         if ((u16)cfg(0) != 0xFFFF)          // vendor ID: is anybody there?
             function((hdr = cfg(0x0C) >> 16) & 0x7F);   // header type; bit 7: multi-function
         if (!(bdf & 7) && !(hdr & 0x80))
             bdf += 7;                       // no function 0, or single-function: skip 1-7
-    }
+    } while (++bdf & 0xFF);                 // until device 31, function 7
 }
 
 void pci_scan(void)
