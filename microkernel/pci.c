@@ -120,7 +120,7 @@ static void msix(const u64 *bar)
 // privilege broker's list -- except the vGPU's own.  type: header type 0 or 1.
 static void function(u32 type)
 {
-    u32 cmd = cfg(4), ok = 1, id = cfg(0);
+    u32 cmd = cfg(4), on = 7, id = cfg(0);     // on: I/O + memory decode, bus master
     static u64 bar[6], bar_size[6];  // this function's BARs (0: none), for the vGPU
     cfg_set(4, cmd & ~3);           // decode off while BARs hold all-ones
     ident("pci");
@@ -138,7 +138,7 @@ static void function(u32 type)
             if (!base) {            // unassigned: place it (a 64-bit BAR's high half stays 0)
                 base = align(next[io], size);
                 if (base + size > (io ? 0x10000 : 0xFEC00000)) {
-                    ok = base = 0;  // no room: leave it, and decoding, off
+                    on = base = 0;  // no room: leave it, and decoding, off
                 } else {
                     next[io] = base + size;
                     cfg_set(off, base);
@@ -153,9 +153,9 @@ static void function(u32 type)
         bar_size[(off - 0x10) / 4] = size;
         off += 4 * wide;
     }
-    cfg_set(4, ok ? cmd | 7 : cmd); // I/O + memory decode, bus master
+    cfg_set(4, cmd | on);
     kputc('\n');
-    if (id == IVSHMEM && ok) {
+    if (id == IVSHMEM && on) {
         msix(bar);
         vgpu_attach(bar[0], bar[2], bar_size[2]);
     }
