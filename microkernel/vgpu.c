@@ -58,7 +58,8 @@ static void ring(void) { *doorbell = VG_MSIX_VECTOR; }   // peer 0 (the bridge) 
 // at half the VRAM.
 void vgpu_start(const struct vg_payload *p, u64 size)
 {
-    if (!vh || !size)
+    volatile struct vg_header *h = vh;
+    if (!h || !size)
         return;
     u64 bytes = (u64)p->pixels * 4;
     if (p->magic != VG_PAYLOAD_MAGIC || size < sizeof *p + bytes
@@ -66,12 +67,12 @@ void vgpu_start(const struct vg_payload *p, u64 size)
         kputs("!PANIC payload\n");
         qexit(0x1F);
     }
-    copy((u8 *)vh + VG_PROG_OFF, p + 1, bytes);
-    copy(&vh->prog_width, &p->width, 5 * 4);    // width, pixels, entry, threads, memory
-    vh->heap_phys = (u64)vh + heap;
-    vh->dma_base = VG_DMA_BASE;
-    vh->dma_size = VG_DMA_SIZE;
-    vh->state = VG_STATE_START;
+    copy((u8 *)h + VG_PROG_OFF, p + 1, bytes);
+    copy(&h->prog_width, &p->width, 5 * 4);     // width, pixels, entry, threads, memory
+    h->heap_phys = (u64)h + heap;
+    h->dma_base = VG_DMA_BASE;
+    h->dma_size = VG_DMA_SIZE;
+    h->state = VG_STATE_START;
     ring();
     kputs("@gpu start\n");
 }
