@@ -126,7 +126,7 @@ static void function(u32 type)
     ident("pci");
     for (u32 off = 0x10; off < (type ? 0x18 : 0x28); off += 4) {   // a bridge has two BARs
         u64 size = probe(off), lo = old;
-        int io = lo & 1, wide = (lo & 7) == 4;      // wide: 64-bit memory BAR
+        u32 io = lo & 1, wide = (lo & 7) == 4;      // wide: 64-bit memory BAR
         size &= io ? ~3 : ~15;
         u64 base = lo & (io ? ~3 : ~15);
         if (wide) {
