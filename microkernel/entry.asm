@@ -3,7 +3,7 @@
 
 %include "longmode.inc"                 ; from boot/: shared with the boot sector
 
-extern  kmain, exception, vprint
+extern  kmain, qexit, vprint
 global  _start, idt_init, kprintf, copy, access
 
 ; --- BIOS path ------------------------------------------------------------
@@ -49,20 +49,27 @@ isr_sled:
 %endrep
 isr_common:
         push    33
-        pop     rdi
-.count: dec     edi
+        pop     rsi
+.count: dec     esi
         pop     rax
         cmp     rax, byte -1
-        je      .count
-        push    rax                     ; not ours: the error code or RIP
-        xor     esi, esi                ; error code: 0 unless the CPU pushed one
-        mov     eax, (1 << 8) | (7 << 10) | (3 << 13) | (1 << 17) | (1 << 21) | (3 << 29)
-        bt      eax, edi                ; #DF #TS #NP #SS #GP #PF #AC #CP #VC #SX
+        je      .count                  ; rax: not ours, the error code or RIP
+        xor     edx, edx                ; error code: 0 unless the CPU pushed one
+        mov     ecx, (1 << 8) | (7 << 10) | (3 << 13) | (1 << 17) | (1 << 21) | (3 << 29)
+        bt      ecx, esi                ; #DF #TS #NP #SS #GP #PF #AC #CP #VC #SX
         jnc     .noerr
-        pop     rsi
-.noerr: mov     rdx, [rsp]              ; RIP of the faulting instruction
-        mov     rcx, cr2
-        jmp     exception               ; C, never returns
+        xchg    rax, rdx
+        pop     rax
+.noerr: xchg    rax, rcx                ; RIP of the faulting instruction
+        mov     r8, cr2
+        ; The `!EXC` line (docs/console.md), then QEMU exits with 0x20 + v:
+        ; no exception may end in a silent triple fault.
+        push    rsi
+        mov     edi, exc_line
+        call    kprintf                 ; kprintf(exc_line, v, err, rip, cr2)
+        pop     rdi
+        add     edi, 0x20
+        jmp     qexit
 
 ; --- idt_init(): point vectors 0-31 into the sled, 0x20-0x28 at irq_stub ----
 ; 64-bit interrupt gates, 16 bytes each: offset 15:0 and selector 0x10
@@ -197,6 +204,7 @@ kprintf:
         section .rodata
         align   8
         PXOS_GDT gdt
+exc_line: db    "!EXC vec=%1 err=%1 rip=%1 cr2=%1", 10, 0
 idtr:   dw      idt_end - idt - 1
         dq      idt
 
