@@ -117,10 +117,10 @@ static void msix(const u64 *bar)
 
 // One function: its `pci` line with every BAR (placing unassigned ones), and
 // a `gpu` line for display controllers (class 03).  Every BAR goes to the
-// privilege broker's list -- except the vGPU's own.  type: header type 0 or 1.
-static void function(u32 type)
+// privilege broker's list -- except the vGPU's own.  id: vendor and device ID; type: header type 0 or 1.
+static void function(u32 id, u32 type)
 {
-    u32 cmd = cfg(4), on = 7, id = cfg(0);     // on: I/O + memory decode, bus master
+    u32 cmd = cfg(4), on = 7;     // on: I/O + memory decode, bus master
     static u64 bar[6], bar_size[6];  // this function's BARs (0: none), for the vGPU
     cfg_set(4, cmd & ~3);           // decode off while BARs hold all-ones
     ident("pci");
@@ -172,9 +172,9 @@ static void scan_bus(u32 bus)
     u32 bdf = bus << 8;
     do {
         cur = bdf;
-        u32 hdr = 0;                        // absent: treated as single-function
-        if ((u16)cfg(0) != 0xFFFF)          // vendor ID: is anybody there?
-            function((hdr = cfg(0x0C) >> 16) & 0x7F);   // header type; bit 7: multi-function
+        u32 hdr = 0, id = cfg(0);           // absent: treated as single-function
+        if ((u16)id != 0xFFFF)              // vendor ID: is anybody there?
+            function(id, (hdr = cfg(0x0C) >> 16) & 0x7F);   // header type; bit 7: multi-function
         if (!(bdf & 7) && !(hdr & 0x80))
             bdf += 7;                       // no function 0, or single-function: skip 1-7
     } while (++bdf & 0xFF);                 // until device 31, function 7
