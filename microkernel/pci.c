@@ -117,10 +117,11 @@ static void msix(const u64 *bar)
 
 // One function: its `pci` line with every BAR (placing unassigned ones), and
 // a `gpu` line for display controllers (class 03).  Every BAR goes to the
-// privilege broker's list -- except the vGPU's own.  id: vendor and device ID; type: header type 0 or 1.
+// privilege broker's list -- except the vGPU's own.  id: vendor and device
+// ID (config 0); type: header type 0 or 1.
 static void function(u32 id, u32 type)
 {
-    u32 cmd = cfg(4), on = 7;     // on: I/O + memory decode, bus master
+    u32 cmd = cfg(4), on = 7;       // on: I/O + memory decode, bus master
     static u64 bar[6], bar_size[6];  // this function's BARs (0: none), for the vGPU
     cfg_set(4, cmd & ~3);           // decode off while BARs hold all-ones
     ident("pci");
