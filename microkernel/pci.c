@@ -65,9 +65,8 @@ static void align_windows(void)
     next[1] = (next[1] + 0xFFF) & ~0xFFF;
 }
 
-static void ident(const char *tag)
+static void ident(const char *tag, u32 id)
 {
-    u32 id = cfg(0);
     kprintf("%s %2:%2.%1 %4:%4 %6", tag, (u64)cur >> 8, (u64)cur >> 3 & 31, (u64)cur & 7,
             (u64)id & 0xFFFF, (u64)id >> 16, (u64)cfg(8) >> 8);
 }
@@ -124,7 +123,7 @@ static void function(u32 id, u32 type)
     u32 cmd = cfg(4), on = 7;       // on: I/O + memory decode, bus master
     static u64 bar[6], bar_size[6];  // this function's BARs (0: none), for the vGPU
     cfg_set(4, cmd & ~3);           // decode off while BARs hold all-ones
-    ident("pci");
+    ident("pci", id);
     for (u32 off = 0x10; off < (type ? 0x18 : 0x28); off += 4) {   // a bridge has two BARs
         u64 size = probe(off), lo = old;
         u32 io = lo & 1, wide = (lo & 7) == 4;      // wide: 64-bit memory BAR
@@ -161,7 +160,7 @@ static void function(u32 id, u32 type)
         vgpu_attach(bar[0], bar[2], bar_size[2]);
     }
     if (cfg(8) >> 24 == 3) {
-        ident("gpu");
+        ident("gpu", id);
         kputc('\n');
     }
     if (type == 1)
