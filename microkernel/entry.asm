@@ -1,5 +1,6 @@
 ; microkernel/entry.asm -- the only assembly in the kernel: the two ways in
-; (BIOS and PVH) and the interrupt entry points.
+; (BIOS and PVH), the IDT and the interrupt entry points, and the few routines
+; that are smaller here than in C (kprintf's argument shim, copy, access).
 
 %include "longmode.inc"                 ; from boot/: shared with the boot sector
 

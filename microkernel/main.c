@@ -26,14 +26,14 @@ static void stats(void)
 
 static void command(const char *line)
 {
-    const char *c = "stats\0shutdown\0ud\0pf";   // docs/console.md, numbered 0-3
+    const char *c = "stats\0shutdown\0ud\0pf";   // docs/console.md: commands 0-3
     u32 i = 0;
-    while (!eq(line, c)) {      // skip to the next name
+    while (!eq(line, c)) {
         if (++i == 4) {
             kprintf("? %s\n", line);
             return;
         }
-        while (*c++)
+        while (*c++)            // on to the next name
             ;
     }
     if (i < 2)                  // stats, shutdown
