@@ -31,10 +31,9 @@ def _scenario_files(args: list[str]) -> list[Path]:
 
 
 def _load_all(paths: list[str], profile: str | None):
-    from .scenario import load_scenario
-
     from .errors import UserError
     from .plan import make_plan
+    from .scenario import load_scenario
 
     scenarios, problems = [], []
     for path in _scenario_files(paths):

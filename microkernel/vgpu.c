@@ -84,12 +84,11 @@ void vgpu_start(const struct vg_payload *p, u64 size)
 static int allowed(u32 kind, u32 width, u64 a)
 {
     u32 bytes = width / 8, io = kind <= VG_KIND_PORT_OUT;
-    // Ports are 16-bit and everything MMIO may reach lies below the 4 GiB
-    // identity map: refusing larger addresses first also means a + bytes
-    // below cannot wrap around (0xFFFFFFFFFFFFFFFF + 1 would pass the checks).
-    if (!kind || kind > VG_KIND_MMIO_WRITE || a >> (io ? 16 : 32) || width & 7
-        || !((io ? 0x16 : 0x116) >> bytes & 1) || (!io && a & (bytes - 1)))
+    if (!kind || kind > VG_KIND_MMIO_WRITE || width & 7 || !((io ? 0x16 : 0x116) >> bytes & 1)
+        || (!io && a & (bytes - 1)))
         return 0;
+    // Ranges as "a - base <= size - bytes": unlike "a + bytes <= end", this
+    // cannot wrap (a = 0xFFFFFFFFFFFFFFFF, bytes = 1 once passed and faulted).
     int ok = io ? a - COM1 <= 8 - bytes : a - VG_DMA_BASE <= VG_DMA_SIZE - bytes;
     for (struct range *r = allow; r < allow + nallow; r++)
         ok |= r->io == io && a - r->base <= r->size - bytes;
