@@ -43,7 +43,6 @@ start:
         in      al, 0x92                ; "fast A20" through System Control Port A
         or      al, 2
         out     0x92, al
-        lgdt    [gdt]
         mov     edi, KERNEL             ; copy destination, advanced by rep movsd
         mov     bp, [sectors]           ; sectors still to read
 
@@ -64,6 +63,11 @@ start:
         pop     edi
         jc      disk_error
         cli                             ; the BIOS may have enabled interrupts
+        ; Our GDT again after every BIOS call: SeaBIOS may run its drivers in
+        ; 32-bit mode and come back with *its* GDT still loaded -- selector 8
+        ; then means something else and loading it faults (a triple fault,
+        ; seen on `pc` with USB storage attached, about 1 boot in 40 under load).
+        lgdt    [gdt]
         ; Unreal mode: load ES in protected mode so its hidden limit becomes
         ; 4 GiB, then drop back to real mode.  The BIOS reloads ES on every
         ; call, so this is redone for each chunk.
