@@ -125,3 +125,31 @@ def write_junit(path: Path, run: dict) -> None:
     for k, v in counts.items():
         suite.set(k, str(v))
     ET.ElementTree(suite).write(path, encoding="utf-8", xml_declaration=True)
+
+
+def read_run(run_dir: Path) -> dict:
+    """run.json of a run directory."""
+    return json.loads((Path(run_dir) / "run.json").read_text())
+
+
+def annotate(run_dir: Path, key: str, value) -> dict:
+    """Add (or replace) one top-level key of a finished run's run.json; returns the data.
+    Used for facts known only after the run: its place in a batch, retries, flakiness."""
+    data = read_run(run_dir)
+    data[key] = value
+    write_json(Path(run_dir) / "run.json", data)
+    return data
+
+
+def nightly_dir(root: Path, date: str) -> Path:
+    """results/nightly/<date>/ (a second nightly on one date gets <date>.2, ...)."""
+    base = Path(root) / "nightly"
+    base.mkdir(parents=True, exist_ok=True)
+    n = 1
+    while True:
+        path = base / (date if n == 1 else f"{date}.{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            n += 1
