@@ -290,9 +290,7 @@ class Batch:
         self.on_result(res)
         if outcome == ERROR and job.attempt <= self.opts.retries:
             # Infrastructure errors may be retried; test failures never are.
-            self._pending.appendleft(
-                Job(job.scenario, job.repeat_index, job.attempt + 1, run_id)
-            )
+            self._pending.appendleft(Job(job.scenario, job.repeat_index, job.attempt + 1, run_id))
 
     def _stop_children(self) -> None:
         """Pass the interruption on, then collect what the children write."""
@@ -353,8 +351,10 @@ def _raise_interrupt_once(signum, frame):
 
 def _lost_run(job: Job, exitcode: int | None) -> dict:
     """What we know of a run whose process died without reporting (no run.json)."""
-    how = f"was killed by signal {-exitcode}" if exitcode and exitcode < 0 else (
-        f"exited with status {exitcode}"
+    how = (
+        f"was killed by signal {-exitcode}"
+        if exitcode and exitcode < 0
+        else (f"exited with status {exitcode}")
     )
     return {
         "scenario": job.scenario.name,

@@ -233,9 +233,7 @@ def compare_batch(history: History, batch_id: str) -> list[KeyComparison]:
         )
         if outcome == PASS and base:
             base_runs = [
-                r.metrics
-                for r in history.final_runs(scenario, profile, base)
-                if r.outcome == PASS
+                r.metrics for r in history.final_runs(scenario, profile, base) if r.outcome == PASS
             ]
             if base_runs:
                 cmp.changes = compare_metrics(base_runs, passing)

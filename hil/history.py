@@ -299,7 +299,16 @@ class History:
             db.execute(
                 "INSERT OR IGNORE INTO batches (id, kind, started_at, git_commit, host, argv,"
                 " jobs, repeat) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (batch_id, kind, started_at, git_commit, host, json.dumps(argv or []), jobs, repeat),
+                (
+                    batch_id,
+                    kind,
+                    started_at,
+                    git_commit,
+                    host,
+                    json.dumps(argv or []),
+                    jobs,
+                    repeat,
+                ),
             )
 
     def finish_batch(self, batch_id: str, finished_at: str) -> None:
@@ -346,8 +355,13 @@ class History:
             return cur.rowcount
 
     # -- reading --------------------------------------------------------------
-    def _rows(self, where: str, args: tuple, order: str = "started_at DESC, id DESC",
-              limit: int | None = None) -> list[RunRow]:
+    def _rows(
+        self,
+        where: str,
+        args: tuple,
+        order: str = "started_at DESC, id DESC",
+        limit: int | None = None,
+    ) -> list[RunRow]:
         sql = f"SELECT id, {', '.join(_RUN_COLUMNS)} FROM runs WHERE {where} ORDER BY {order}"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"

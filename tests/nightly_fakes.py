@@ -24,8 +24,11 @@ def run_data(
         "started_at": started_at,
         "profile": {"name": profile},
         "accel": "tcg",
-        "verdict": {"outcome": outcome, "reason": reason or f"{outcome} on purpose",
-                    "category": "" if outcome == "pass" else "expectation"},
+        "verdict": {
+            "outcome": outcome,
+            "reason": reason or f"{outcome} on purpose",
+            "category": "" if outcome == "pass" else "expectation",
+        },
         "exit_code": {"pass": 0, "fail": 1, "error": 3, "timeout": 4}.get(outcome, 130),
         "durations": {"build_s": 0.01, "machine_s": 1.5, "total_s": 1.6},
         "git": {"commit": "a" * 40, "dirty": False},

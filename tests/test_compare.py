@@ -138,10 +138,16 @@ def test_other_batch_kinds_do_not_serve_as_baseline(nights, tmp_path):
 
 @pytest.mark.parametrize(
     "now, before, status",
-    [("pass", "pass", "pass"), ("pass", None, "pass"), ("pass", "fail", "fixed"),
-     ("fail", "pass", "new-failure"), ("timeout", "fail", "still-failing"),
-     ("fail", None, "new-failure"), ("error", "pass", "infra-error"),
-     ("interrupted", "pass", "interrupted")],
+    [
+        ("pass", "pass", "pass"),
+        ("pass", None, "pass"),
+        ("pass", "fail", "fixed"),
+        ("fail", "pass", "new-failure"),
+        ("timeout", "fail", "still-failing"),
+        ("fail", None, "new-failure"),
+        ("error", "pass", "infra-error"),
+        ("interrupted", "pass", "interrupted"),
+    ],
 )
 def test_classify(now, before, status):
     assert classify(now, before) == status

@@ -33,7 +33,12 @@ def test_record_and_read_back(tmp_path):
         h.record(data, d, batch_id="run-1", attempt=2, flaky=True)
         (row,) = h.recent("boot")
         assert (row.scenario, row.profile, row.outcome, row.attempt, row.flaky) == (
-            "boot", "q35-tcg-bios", "pass", 2, 1)
+            "boot",
+            "q35-tcg-bios",
+            "pass",
+            2,
+            1,
+        )
         assert row.metrics == {"boot_ms": 66.5, "cpu_idle": 1.0}  # booleans are not metrics
         assert row.git_commit == "a" * 40 and row.qemu_version.startswith("QEMU")
         assert row.accel == "tcg" and row.host == "testhost" and row.wgpu_adapter == "llvmpipe"
@@ -89,8 +94,12 @@ def _writer(path: str, worker: int, n: int, start) -> None:
         h.add_batch(f"b{worker}", "run", f"2026-11-21T03:00:{worker:02d}.000+00:00")
         for i in range(n):
             d = f"/nonexistent/w{worker}/r{i}"
-            h.record(run_data(metrics={"boot_ms": float(i), "cpu_idle": 1.0}), d,
-                     batch_id=f"b{worker}", repeat_index=i)
+            h.record(
+                run_data(metrics={"boot_ms": float(i), "cpu_idle": 1.0}),
+                d,
+                batch_id=f"b{worker}",
+                repeat_index=i,
+            )
 
 
 def test_parallel_writers_lose_nothing(tmp_path):
