@@ -187,6 +187,7 @@ class StepRunner:
         start = time.monotonic()
         step_end = start + (seconds if seconds is not None else step.timeout)
         end = min(step_end, self.deadline)
+        exited = False
         while True:
             left = end - time.monotonic()
             if left <= 0:
@@ -198,6 +199,11 @@ class StepRunner:
             except ConsoleClosed:
                 self._machine_gone(step, waiting_for)
             if line is None:
+                # Until QMP is up we hold the pty slave too, so a QEMU that dies at
+                # start-up gives no EOF: notice its exit, read what is left, then stop.
+                if exited:
+                    self._machine_gone(step, waiting_for)
+                exited = self.m.poll() is not None
                 continue
             if accept(line):
                 return line

@@ -49,6 +49,9 @@ class PtyGuest:
         else:
             write()
 
+    def poll(self) -> int | None:
+        return self.exit_status
+
     def power_off(self, status: int) -> None:
         self.exit_status = status
         os.close(self.slave)
