@@ -195,7 +195,7 @@ def _count(text: str) -> int:
     return n
 
 
-def _batch_args(p: argparse.ArgumentParser) -> None:
+def _batch_args(p: argparse.ArgumentParser, repeat: int = 1) -> None:
     p.add_argument(
         "--profile",
         action="append",
@@ -212,8 +212,9 @@ def _batch_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--repeat",
         type=_positive_int,
-        default=1,
-        help="run each scenario/profile N times; metrics are reported as medians and spread",
+        default=repeat,
+        help="run each scenario/profile N times; metrics are reported as medians and spread "
+        f"(default {repeat})",
     )
     p.add_argument(
         "--retries",
@@ -302,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SCENARIO",
         help="scenario files or directories (default: scenarios/)",
     )
-    _batch_args(n)
+    _batch_args(n, repeat=3)
     n.add_argument(
         "--nights",
         type=_positive_int,

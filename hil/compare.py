@@ -13,14 +13,15 @@ Two questions per key (docs/nightly.md, "Regression rules", is the user-facing t
 
        worse  = how much the current median is worse than the baseline median
                 (current - baseline when lower is better, baseline - current otherwise)
-       noise  = max(sigma(baseline repeats), sigma(current repeats)),
+       noise  = max(sigma(baseline repeats), sigma(current repeats),
+                    sigma(the nightly medians of the last 7 passing nights, when >= 3)),
                 sigma = 1.4826 x median absolute deviation (hil.stats)
        tolerance = max(rel x |baseline median|, abs, k x noise)
        regression  if worse >  tolerance
        improvement if worse < -tolerance
 
    So a change has to exceed the rule's fixed floor *and* k times the spread the repeats
-   showed, on either side, before it is reported.
+   (and the recent nights) showed before it is reported.
 """
 
 from __future__ import annotations
@@ -118,25 +119,38 @@ class MetricChange:
         }
 
 
-def compare_metric(rule: MetricRule, baseline: Stats, current: Stats) -> MetricChange:
+HISTORY_NIGHTS = 7  # nights whose medians estimate night-to-night noise
+HISTORY_MIN = 3  # ... when at least this many passed
+
+
+def compare_metric(
+    rule: MetricRule, baseline: Stats, current: Stats, history: Stats | None = None
+) -> MetricChange:
+    """``history``: the medians of recent passing nights (their spread is noise too)."""
     diff = current.median - baseline.median
     worse = diff if rule.better == "lower" else -diff
     noise = max(baseline.sigma, current.sigma)
+    if history is not None and history.n >= HISTORY_MIN:
+        noise = max(noise, history.sigma)
     tol = max(rule.rel * abs(baseline.median), rule.abs, rule.k * noise)
     verdict = "regression" if worse > tol else "improvement" if worse < -tol else "same"
     return MetricChange(rule.metric, baseline, current, worse, tol, verdict)
 
 
 def compare_metrics(
-    baseline: list[dict[str, float]], current: list[dict[str, float]]
+    baseline: list[dict[str, float]],
+    current: list[dict[str, float]],
+    nightly_medians: dict[str, list[float]] | None = None,
 ) -> list[MetricChange]:
-    """Metric samples (one dict per passing run) -> a change per ruled metric in both."""
+    """Metric samples (one dict per passing run) -> a change per ruled metric in both.
+    ``nightly_medians``: metric -> medians of recent passing nights (oldest first)."""
     out = []
     for name, rule in RULES.items():
         b = Stats.of([m[name] for m in baseline if name in m])
         c = Stats.of([m[name] for m in current if name in m])
+        h = Stats.of((nightly_medians or {}).get(name, []))
         if b is not None and c is not None:
-            out.append(compare_metric(rule, b, c))
+            out.append(compare_metric(rule, b, c, h))
     return out
 
 
@@ -236,7 +250,17 @@ def compare_batch(history: History, batch_id: str) -> list[KeyComparison]:
                 r.metrics for r in history.final_runs(scenario, profile, base) if r.outcome == PASS
             ]
             if base_runs:
-                cmp.changes = compare_metrics(base_runs, passing)
+                before = batch.started_at if batch else None
+                recent = {
+                    name: [
+                        p[1]
+                        for p in history.trend(
+                            scenario, profile, name, kind or "nightly", HISTORY_NIGHTS, before
+                        )
+                    ]
+                    for name in RULES
+                }
+                cmp.changes = compare_metrics(base_runs, passing, recent)
             else:
                 cmp.note = f"the pinned baseline {base} has no passing run of this key"
         elif outcome == PASS:

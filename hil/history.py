@@ -487,12 +487,19 @@ class History:
         return rows[0] if rows else None
 
     def trend(
-        self, scenario: str, profile: str, metric: str, kind: str = "nightly", nights: int = 14
+        self,
+        scenario: str,
+        profile: str,
+        metric: str,
+        kind: str = "nightly",
+        nights: int = 14,
+        before: str | None = None,
     ) -> list[tuple[str, float, float, float]]:
         """(batch started_at, median, min, max) of ``metric`` over the passing counted runs
-        of the last ``nights`` batches of ``kind``, oldest first."""
+        of the last ``nights`` batches of ``kind`` (started before ``before``, if given),
+        oldest first."""
         out = []
-        for b in reversed(self.batches(kind, limit=nights)):
+        for b in reversed(self.batches(kind, before=before, limit=nights)):
             vals = [
                 r.metrics[metric]
                 for r in self.final_runs(scenario, profile, b.id)

@@ -159,3 +159,17 @@ def test_metric_rule_direction_and_floor():
     assert compare_metric(r, s([100]), s([80])).verdict == "improvement"
     assert compare_metric(r, s([10]), s([14])).verdict == "same"  # 4 ms < the 5 ms floor
     assert compare_metric(r, s([10]), s([16])).verdict == "regression"
+
+
+def test_night_to_night_noise_widens_the_tolerance(nights):
+    # Single runs, but the last nights wandered 60..90 ms: a 75 -> 88 ms step is noise.
+    for b in (60, 90, 70, 85, 65, 75):
+        nights.night({K: [ok(b)]})
+    c = one(nights, nights.night({K: [ok(88)]}))
+    (boot,) = [x for x in c.changes if x.metric == "boot_ms"]
+    assert boot.verdict == "same" and boot.tolerance > 13
+    # ...while after steady nights the same step is a regression.
+    for _ in range(7):
+        nights.night({K: [ok(75)]})
+    c = one(nights, nights.night({K: [ok(88)]}))
+    assert c.regression
