@@ -279,3 +279,17 @@ def exit_status(comparisons: list[KeyComparison], interrupted: bool = False) -> 
     if any(c.status == INFRA for c in comparisons):
         return 3
     return 0
+
+
+def doc_table() -> str:
+    """The metric rules as a Markdown table (docs/nightly.md embeds it; a test checks)."""
+    rows = [
+        "| metric | what | better | relative floor | absolute floor | noise factor k |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in RULES.values():
+        rows.append(
+            f"| `{r.metric}` | {r.label} | {r.better} | {r.rel * 100:g} % | "
+            f"{r.abs:g}{(' ' + r.unit) if r.unit else ''} | {r.k:g} |"
+        )
+    return "\n".join(rows)
