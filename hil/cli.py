@@ -36,12 +36,23 @@ def _load_all(paths: list[str], profile: str | list[str] | None):
 
     profiles = profile if isinstance(profile, list) else [profile]
     scenarios, problems = [], []
-    for path in _scenario_files(paths):
-        for prof in profiles or [None]:
+    files = list(dict.fromkeys(p.resolve() for p in _scenario_files(paths)))
+    for path in files:
+        for prof in list(dict.fromkeys(profiles)) or [None]:
             try:
                 scenarios.append(load_scenario(path, prof))
             except ValidationError as e:
                 problems += [p for p in e.problems if p not in problems]
+    seen: dict[tuple[str, str], Path] = {}
+    for sc in scenarios:
+        key = (sc.name, sc.profile.name)
+        if key in seen and seen[key] != sc.path:
+            problems.append(
+                f"{sc.path}: the scenario name {sc.name!r} is also the name of {seen[key]}. "
+                "Runs are filed (results/<name>/, the history) and compared by name and "
+                "profile, so give one of them another `name:`."
+            )
+        seen.setdefault(key, sc.path)
     if problems:
         raise ValidationError(problems)
     return scenarios
@@ -88,6 +99,13 @@ def cmd_history(ns: argparse.Namespace) -> int:
     from .history import FILENAME, History
 
     root = Path(ns.results).resolve()
+    if not (root / FILENAME).exists():
+        print(
+            f"hil: no run history at {root / FILENAME} yet; `hil run` and `hil nightly` "
+            "record every run there.",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
     with History.at(root) as h:
         rows = h.recent(ns.scenario, ns.profile, limit=ns.limit)
         if not rows:
@@ -140,9 +158,16 @@ def cmd_history(ns: argparse.Namespace) -> int:
 def cmd_baseline(ns: argparse.Namespace) -> int:
     import datetime as dt
 
-    from .history import History
+    from .history import FILENAME, History
 
-    with History.at(Path(ns.results).resolve()) as h:
+    root = Path(ns.results).resolve()
+    if not (root / FILENAME).exists():
+        print(
+            f"hil: no run history at {root / FILENAME} yet; nothing to pin or show.",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
+    with History.at(root) as h:
         if ns.action == "pin":
             run = h.run_by_dir_or_id(ns.run)
             if run is None or run.batch_id is None:

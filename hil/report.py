@@ -328,10 +328,9 @@ def write_junit(path: Path, s: dict) -> None:
 
 def trend_plots(history: History, s: dict, nights: int) -> dict[str, str]:
     """scenario -> PNG data URI: boot time and CPU idle per night, a line per profile."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # The object API, not pyplot: no global figure state, and half the import time.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     by_scenario: dict[str, list[str]] = {}
     for k in s["keys"]:
@@ -340,7 +339,10 @@ def trend_plots(history: History, s: dict, nights: int) -> dict[str, str]:
             by_scenario[k["scenario"]].append(k["profile"])
     out = {}
     for scenario, profiles in sorted(by_scenario.items()):
-        fig, axes = plt.subplots(1, len(TREND_METRICS), figsize=(10, 3.2), dpi=90)
+        fig = Figure(figsize=(10, 3.2), dpi=90)
+        FigureCanvasAgg(fig)
+        axes = fig.subplots(1, len(TREND_METRICS))
+        fig.subplots_adjust(left=0.07, right=0.98, top=0.9, bottom=0.25, wspace=0.2)
         for ax, metric in zip(axes, TREND_METRICS, strict=True):
             rule = RULES[metric]
             for profile in profiles:
@@ -375,10 +377,8 @@ def trend_plots(history: History, s: dict, nights: int) -> dict[str, str]:
                 )
                 ax.set_xticks([])
                 ax.set_yticks([])
-        fig.tight_layout()
         buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-        plt.close(fig)
+        fig.savefig(buf, format="png", pil_kwargs={"compress_level": 3})
         out[scenario] = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
     return out
 

@@ -7,6 +7,7 @@ anything that produced a run (hil run, the pytest plugin, nightly) writes the sa
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import os
 import platform
@@ -36,7 +37,11 @@ def new_run_dir(root: Path, scenario: str) -> tuple[str, Path]:
             continue
 
 
+@functools.cache
 def git_info(repo: Path = REPO) -> dict:
+    """The commit that ran, asked once per process: every run of one command (a batch,
+    a pytest session) is attributed to the commit the command started on."""
+
     def git(*args: str) -> str | None:
         try:
             p = subprocess.run(
