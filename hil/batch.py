@@ -251,6 +251,7 @@ class Batch:
         self._running[recv] = (proc, job)
 
     def _collect(self, ready: list) -> None:
+        done = []
         for conn in ready:
             proc, job = self._running.pop(conn)
             try:
@@ -261,7 +262,18 @@ class Batch:
             proc.join()
             if data is None:
                 data = _lost_run(job, proc.exitcode)
-            self._finish(job, run_id, Path(run_dir) if run_dir else None, data)
+            if data["verdict"]["outcome"] == ERROR and job.attempt <= self.opts.retries:
+                # Infrastructure errors may be retried; test failures never are.
+                self._pending.appendleft(
+                    Job(job.scenario, job.repeat_index, job.attempt + 1, run_id)
+                )
+            done.append((job, run_id, Path(run_dir) if run_dir else None, data))
+        # Keep the machine busy: the next runs start before the book-keeping of these
+        # (after an interruption nothing is pending).
+        while self._pending and len(self._running) < max(1, self.opts.jobs):
+            self._start(self._pending.popleft())
+        for args in done:
+            self._finish(*args)
 
     def _finish(self, job: Job, run_id, run_dir: Path | None, data: dict) -> None:
         outcome = data["verdict"]["outcome"]
@@ -289,9 +301,6 @@ class Batch:
         res = RunResult(job, run_id, run_dir, outcome, data, flaky)
         self.groups[job.key].runs.append(res)
         self.on_result(res)
-        if outcome == ERROR and job.attempt <= self.opts.retries:
-            # Infrastructure errors may be retried; test failures never are.
-            self._pending.appendleft(Job(job.scenario, job.repeat_index, job.attempt + 1, run_id))
 
     def _stop_children(self) -> None:
         """Pass the interruption on, then collect what the children write."""
