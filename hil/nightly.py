@@ -47,6 +47,11 @@ def run_nightly(
 ) -> NightlyResult:
     batch_opts.kind = "nightly"
     batch_opts.record_history = True
+    with report.PlotWorker() as plots:
+        return _run(scenarios, run_opts, batch_opts, opts, progress_mode, out, plots)
+
+
+def _run(scenarios, run_opts, batch_opts, opts, progress_mode, out, plots) -> NightlyResult:
     result = Batch(scenarios, run_opts, batch_opts, progress_mode).run()
     root = run_opts.results_root
     date = result.started_at[:10]
@@ -65,7 +70,7 @@ def run_nightly(
             out_dir=out_dir,
             argv=batch_opts.argv,
         )
-        files = report.write_all(summary, history, out_dir, opts.nights)
+        files = report.write_all(summary, history, out_dir, opts.nights, plots.render)
     _link_latest(out_dir)
     out.write(_console_summary(summary, out_dir))
     out.flush()

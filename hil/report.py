@@ -13,6 +13,7 @@ import io
 import json
 import os
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from pathlib import Path
 
 from . import results
@@ -166,7 +167,14 @@ def _rel(p: Path, start: Path) -> str:
 # ------------------------------------------------------------------ writing
 
 
-def write_all(summary: dict, history: History, out_dir: Path, nights: int) -> dict[str, Path]:
+def write_all(
+    summary: dict,
+    history: History,
+    out_dir: Path,
+    nights: int,
+    render: Callable[[dict], dict[str, str]] | None = None,
+) -> dict[str, Path]:
+    """The four files; ``render`` draws the plots (default: here, ``render_plots``)."""
     out_dir = Path(out_dir)
     files = {
         "summary.json": out_dir / "summary.json",
@@ -177,7 +185,7 @@ def write_all(summary: dict, history: History, out_dir: Path, nights: int) -> di
     results.write_json(files["summary.json"], summary)
     files["summary.md"].write_text(render_markdown(summary))
     write_junit(files["junit.xml"], summary)
-    plots = trend_plots(history, summary, nights)
+    plots = (render or render_plots)(trend_data(history, summary, nights))
     files["report.html"].write_text(render_html(summary, plots, nights))
     return files
 
@@ -326,27 +334,42 @@ def write_junit(path: Path, s: dict) -> None:
 # -------------------------------------------------------------------- plots
 
 
-def trend_plots(history: History, s: dict, nights: int) -> dict[str, str]:
-    """scenario -> PNG data URI: boot time and CPU idle per night, a line per profile."""
+def trend_data(history: History, s: dict, nights: int) -> dict:
+    """What the plots show, read from the history: scenario -> {"profiles": [...],
+    "measured": {metric: bool}, "points": {metric: {profile: [(started_at, median, min,
+    max), ...]}}}.  Plain data, so another process can draw it."""
+    out: dict = {}
+    for k in s["keys"]:
+        d = out.setdefault(k["scenario"], {"profiles": [], "measured": {}, "points": {}})
+        if k["profile"] not in d["profiles"]:
+            d["profiles"].append(k["profile"])
+        for metric in TREND_METRICS:
+            d["measured"][metric] = d["measured"].get(metric, False) or metric in k["metrics"]
+    for scenario, d in out.items():
+        for metric in TREND_METRICS:
+            d["points"][metric] = {
+                p: history.trend(scenario, p, metric, nights=nights) for p in d["profiles"]
+            }
+    return dict(sorted(out.items()))
+
+
+def render_plots(data: dict) -> dict[str, str]:
+    """trend_data -> scenario -> PNG data URI: boot time and CPU idle per night, a line per
+    profile, the repeats' range as error bars."""
     # The object API, not pyplot: no global figure state, and half the import time.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    by_scenario: dict[str, list[str]] = {}
-    for k in s["keys"]:
-        by_scenario.setdefault(k["scenario"], [])
-        if k["profile"] not in by_scenario[k["scenario"]]:
-            by_scenario[k["scenario"]].append(k["profile"])
     out = {}
-    for scenario, profiles in sorted(by_scenario.items()):
+    for scenario, d in data.items():
         fig = Figure(figsize=(10, 3.2), dpi=90)
         FigureCanvasAgg(fig)
         axes = fig.subplots(1, len(TREND_METRICS))
         fig.subplots_adjust(left=0.07, right=0.98, top=0.9, bottom=0.25, wspace=0.2)
         for ax, metric in zip(axes, TREND_METRICS, strict=True):
             rule = RULES[metric]
-            for profile in profiles:
-                pts = history.trend(scenario, profile, metric, nights=nights)
+            for profile in d["profiles"]:
+                pts = d["points"][metric][profile]
                 if not pts:
                     continue
                 xs = [p[0][:10] + ("\n" + p[0][11:16] if _same_day(pts) else "") for p in pts]
@@ -364,12 +387,11 @@ def trend_plots(history: History, s: dict, nights: int) -> dict[str, str]:
             if ax.has_data():
                 ax.legend(fontsize=7)
             else:
-                ever = any(metric in k["metrics"] for k in s["keys"] if k["scenario"] == scenario)
                 ax.text(
                     0.5,
                     0.5,
                     "no passing nights yet"
-                    if ever
+                    if d["measured"][metric]
                     else f"{metric} is not measured by this scenario",
                     ha="center",
                     va="center",
@@ -381,6 +403,80 @@ def trend_plots(history: History, s: dict, nights: int) -> dict[str, str]:
         fig.savefig(buf, format="png", pil_kwargs={"compress_level": 3})
         out[scenario] = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
     return out
+
+
+class PlotWorker:
+    """Draws the plots in a process of its own that starts with the nightly, at the lowest
+    CPU priority (nice 19), and loads matplotlib while the runs go on: the import and the
+    font set-up (a few hundred ms) then use CPU time the runs leave idle instead of adding
+    to the nightly's wall time, and never compete with a run for a CPU.  A context manager:
+    the process is gone after the ``with``.  If it is not there to answer, the plots are
+    drawn here."""
+
+    def __init__(self):
+        self._conn = None
+        self._proc = None
+
+    def __enter__(self) -> PlotWorker:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("fork")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_plot_worker, args=(child, os.getpid()), daemon=True)
+        self._proc.start()
+        child.close()
+        return self
+
+    def render(self, data: dict) -> dict[str, str]:
+        try:
+            self._conn.send(data)
+            return self._conn.recv()
+        except (EOFError, OSError):
+            return render_plots(data)
+
+    def __exit__(self, *exc) -> None:
+        if self._conn is not None:
+            self._conn.close()
+        if self._proc is not None:
+            self._proc.join(2)
+            if self._proc.is_alive():
+                self._proc.kill()
+                self._proc.join()
+
+
+def _plot_worker(conn, parent: int) -> None:
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:
+        os._exit(0)
+    # Ctrl-C is for the nightly: it still writes its report, with our help.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    os.nice(19)
+    render_plots({})  # the imports
+    _warm_fonts()
+    try:
+        data = conn.recv()
+    except (EOFError, OSError):
+        os._exit(0)
+    conn.send(render_plots(data))
+    conn.close()
+    os._exit(0)
+
+
+def _warm_fonts() -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(1, 1), dpi=30)
+    FigureCanvasAgg(fig)
+    fig.subplots().set_title("x")
+    fig.savefig(io.BytesIO(), format="png")
 
 
 def _same_day(pts) -> bool:

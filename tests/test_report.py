@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import xml.etree.ElementTree as ET
 
@@ -124,3 +125,31 @@ def test_html_escapes_what_it_did_not_write(tmp_path):
         page = report.render_html(s, {}, 14)
     assert "<script" not in page and "&lt;script&gt;alert(1)&lt;/script&gt; &amp; more" in page
     assert "&lt;x&gt;" in page
+
+
+def test_plot_worker_draws_what_render_plots_draws_and_goes_away(tmp_path):
+    with History.at(tmp_path) as h:
+        n = Nights(h, tmp_path)
+        for b in (60, 62, 61):
+            batch = n.night({("boot", "p"): [ok(b)]})
+        s = report.build_summary(
+            compare_batch(h, batch),
+            batch_id=batch,
+            date="d",
+            started_at="a",
+            finished_at="b",
+            exit_code=0,
+            interrupted=False,
+            out_dir=tmp_path,
+            argv=[],
+        )
+        data = report.trend_data(h, s, 14)
+    assert [p[1] for p in data["boot"]["points"]["boot_ms"]["p"]] == [60, 62, 61]
+    with report.PlotWorker() as w:
+        uris = w.render(data)
+        proc = w._proc
+    assert not proc.is_alive() and proc.exitcode == 0
+    png = base64.b64decode(uris["boot"].split(",", 1)[1])
+    assert png.startswith(b"\x89PNG") and png == base64.b64decode(
+        report.render_plots(data)["boot"].split(",", 1)[1]
+    )
