@@ -225,3 +225,55 @@ def test_ctrl_c_stops_a_parallel_batch(hil):
 def test_bad_jobs_value_is_invalid_input(hil):
     r = hil("run", "scenarios/boot.yaml", "-j", "0")
     assert r.code == 2 and "'0' is not a whole number of at least 1" in r.err
+
+
+def test_killed_hil_takes_every_parallel_qemu_with_it(hil):
+    scs = [hil.scenario(HEAD.replace("idle: 4", "idle: 60")) for _ in range(2)]
+    p = subprocess.Popen(
+        hil.cmd("run", *map(str, scs), "-j", "2", "--results", str(hil.results)),
+        cwd=REPO,
+        env=hil.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not all(qemu_processes(f"pxos-{s.stem},") for s in scs):
+        time.sleep(0.1)
+    p.kill()
+    p.wait()
+    # Each run process gets SIGTERM from the kernel (parent death), stops its QEMU and
+    # writes its results.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(qemu_processes(f"pxos-{s.stem},") for s in scs):
+        time.sleep(0.1)
+    assert not any(qemu_processes(f"pxos-{s.stem},") for s in scs)
+    deadline = time.monotonic() + 30
+    for s in scs:
+        (d,) = (hil.results / s.stem).iterdir()
+        while time.monotonic() < deadline and not (d / "run.json").exists():
+            time.sleep(0.1)
+        assert json.loads((d / "run.json").read_text())["verdict"]["outcome"] == "interrupted"
+    assert_no_leftovers(hil)
+
+
+def test_interrupted_nightly_still_writes_its_report(hil):
+    sc = hil.scenario(HEAD.replace("idle: 4", "idle: 60"))
+    p = subprocess.Popen(
+        hil.cmd("nightly", str(sc), "--repeat", "1", "--results", str(hil.results)),
+        cwd=REPO,
+        env=hil.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not qemu_processes(f"pxos-{sc.stem},"):
+        time.sleep(0.1)
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 130, out + err
+    summary = json.loads((hil.results / "nightly" / "latest" / "summary.json").read_text())
+    assert summary["interrupted"] and summary["exit_code"] == 130
+    assert summary["keys"][0]["status"] == "interrupted"
+    assert "INTERRUPTED" in (hil.results / "nightly" / "latest" / "summary.md").read_text()
+    assert_no_leftovers(hil)
