@@ -400,6 +400,11 @@ def _lost_run(job: Job, exitcode: int | None) -> dict:
 
 
 def _kill(proc: multiprocessing.Process) -> None:
+    """SIGTERM first (the run stops its QEMU and writes its results), SIGKILL if it
+    does not end within 10 s."""
+    if proc.is_alive():
+        proc.terminate()
+        proc.join(10)
     if proc.is_alive():
         proc.kill()
     proc.join(5)

@@ -41,4 +41,6 @@ class Stats:
     def format(self, unit: str = "") -> str:
         if self.n == 1:
             return f"{self.median:g}{unit}"
+        if self.min == self.max:
+            return f"{self.median:g}{unit} (n={self.n}, all equal)"
         return f"{self.median:g}{unit} [{self.min:g}..{self.max:g}, n={self.n}]"
