@@ -21,7 +21,7 @@ devices:
 steps:
   - expect: '@stage ready'
     timeout: 30
-  - idle: 4
+  - idle: 6
 """
 # ending -> (extra steps, outcome, QEMU exit status)
 ENDINGS = {
@@ -57,7 +57,7 @@ def test_four_parallel_runs_share_no_socket_file_or_status(hil):
         stderr=subprocess.PIPE,
         text=True,
     )
-    # All four QEMUs must be alive at the same moment (each idles 4 s after booting).
+    # All four QEMUs must be alive at the same moment (each idles 6 s after booting).
     names = [f"pxos-{sc.stem}," for sc in scenarios.values()]
     most = 0
     deadline = time.monotonic() + 120
@@ -199,7 +199,7 @@ steps:
 
 
 def test_ctrl_c_stops_a_parallel_batch(hil):
-    scs = [hil.scenario(HEAD.replace("idle: 4", "idle: 60")) for _ in range(2)]
+    scs = [hil.scenario(HEAD.replace("idle: 6", "idle: 60")) for _ in range(2)]
     p = subprocess.Popen(
         hil.cmd("run", *map(str, scs), "-j", "2", "--results", str(hil.results)),
         cwd=REPO,
@@ -228,7 +228,7 @@ def test_bad_jobs_value_is_invalid_input(hil):
 
 
 def test_killed_hil_takes_every_parallel_qemu_with_it(hil):
-    scs = [hil.scenario(HEAD.replace("idle: 4", "idle: 60")) for _ in range(2)]
+    scs = [hil.scenario(HEAD.replace("idle: 6", "idle: 60")) for _ in range(2)]
     p = subprocess.Popen(
         hil.cmd("run", *map(str, scs), "-j", "2", "--results", str(hil.results)),
         cwd=REPO,
@@ -257,7 +257,7 @@ def test_killed_hil_takes_every_parallel_qemu_with_it(hil):
 
 
 def test_interrupted_nightly_still_writes_its_report(hil):
-    sc = hil.scenario(HEAD.replace("idle: 4", "idle: 60"))
+    sc = hil.scenario(HEAD.replace("idle: 6", "idle: 60"))
     p = subprocess.Popen(
         hil.cmd("nightly", str(sc), "--repeat", "1", "--results", str(hil.results)),
         cwd=REPO,
