@@ -26,9 +26,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import results
 from .errors import InfraError
 
-FILENAME = "history.sqlite"
+FILENAME = results.HISTORY_FILE
 BUSY_TIMEOUT_MS = 60_000
 
 # MIGRATIONS[i] takes the schema from version i to version i + 1.  Append only: a
@@ -215,7 +216,7 @@ class History:
 
     @classmethod
     def at(cls, results_root: Path) -> History:
-        return cls(Path(results_root) / FILENAME)
+        return cls(results.history_path(results_root))
 
     # -- lifetime -------------------------------------------------------------
     def __enter__(self) -> History:

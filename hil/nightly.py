@@ -10,7 +10,6 @@ they were already known the night before.
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,7 +70,7 @@ def _run(scenarios, run_opts, batch_opts, opts, progress_mode, out, plots) -> Ni
             argv=batch_opts.argv,
         )
         files = report.write_all(summary, history, out_dir, opts.nights, plots.render)
-    _link_latest(out_dir)
+    results.link_latest_nightly(out_dir)
     out.write(_console_summary(summary, out_dir))
     out.flush()
     return NightlyResult(code, out_dir, files, summary)
@@ -85,18 +84,6 @@ def _console_summary(s: dict, out_dir: Path) -> str:
     )
     lines.append(f"  exit status {s['exit_code']}")
     return "\n".join(lines) + "\n"
-
-
-def _link_latest(out_dir: Path) -> None:
-    """results/nightly/latest -> the newest report directory (replaced atomically)."""
-    link = out_dir.parent / "latest"
-    tmp = out_dir.parent / f".latest-{os.getpid()}"
-    try:
-        tmp.unlink(missing_ok=True)
-        tmp.symlink_to(out_dir.name)
-        os.replace(tmp, link)
-    except OSError:
-        tmp.unlink(missing_ok=True)
 
 
 def _rel(p: Path) -> str:

@@ -1,4 +1,5 @@
-"""Results on disk: results/<scenario>/<run-id>/ (layout: docs/results.md).
+"""Results on disk: results/<scenario>/<run-id>/, results/history.sqlite and
+results/nightly/<date>/ (layout: docs/results.md, docs/nightly.md).
 
 Only this module knows the layout.  Writers are plain functions over plain data, so
 anything that produced a run (hil run, the pytest plugin, nightly) writes the same files.
@@ -144,6 +145,26 @@ def annotate(run_dir: Path, key: str, value) -> dict:
     data[key] = value
     write_json(Path(run_dir) / "run.json", data)
     return data
+
+
+HISTORY_FILE = "history.sqlite"
+
+
+def history_path(root: Path) -> Path:
+    """The run history database of a results root (hil.history)."""
+    return Path(root) / HISTORY_FILE
+
+
+def link_latest_nightly(report_dir: Path) -> None:
+    """results/nightly/latest -> the newest report directory (replaced atomically)."""
+    link = report_dir.parent / "latest"
+    tmp = report_dir.parent / f".latest-{os.getpid()}"
+    try:
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(report_dir.name)
+        os.replace(tmp, link)
+    except OSError:
+        tmp.unlink(missing_ok=True)
 
 
 def nightly_dir(root: Path, date: str) -> Path:
