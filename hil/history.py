@@ -187,7 +187,7 @@ def row_from_run(data: dict, run_dir: Path, **batch: object) -> dict:
         "qemu_version": (data.get("qemu") or {}).get("version"),
         "accel": data.get("accel"),
         "host": (data.get("host") or {}).get("hostname"),
-        "wgpu_adapter": gpu.get("adapter") if isinstance(gpu, dict) else None,
+        "wgpu_adapter": _text(gpu.get("adapter")) if isinstance(gpu, dict) else None,
         "image_key": (data.get("image") or {}).get("key"),
         "repeat_index": int(batch.get("repeat_index", 0)),
         "attempt": int(batch.get("attempt", 1)),
@@ -200,6 +200,10 @@ def row_from_run(data: dict, run_dir: Path, **batch: object) -> dict:
         if isinstance(val, (int, float)) and not isinstance(val, bool)
     }
     return row
+
+
+def _text(x) -> str | None:
+    return x if x is None or isinstance(x, str) else json.dumps(x, sort_keys=True)
 
 
 def _bool_int(x) -> int | None:

@@ -1,6 +1,6 @@
 """`hil nightly`: run the suite as one batch, compare it with the history, publish reports.
 
-    batch (hil.batch) -> history rows -> comparison (hil.compare) -> reports (hil.report)
+    batch (hil.batch) -> history rows -> comparison (hil.baseline) -> reports (hil.report)
 
 The exit status says whether anything regressed (docs/exit-codes.md): 0 nothing did,
 1 a new failure or a metric regression, 3 an infrastructure error (and no regression),
@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import TextIO
 
 from . import report, results
+from .baseline import compare_batch, exit_status
 from .batch import Batch, BatchOptions
-from .compare import compare_batch, exit_status
 from .history import History
 from .runner import RunOptions
 from .scenario import Scenario

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import results
-from .compare import (
+from .baseline import (
     FIXED,
     INFRA,
     INTERRUPTED_,

@@ -1,8 +1,8 @@
-"""docs/nightly.md states the regression rules that hil.compare applies."""
+"""docs/nightly.md states the regression rules that hil.baseline applies."""
 
 from pathlib import Path
 
-from hil import compare
+from hil import baseline
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "nightly.md"
 
@@ -11,13 +11,13 @@ def test_rules_table_is_current():
     text = DOC.read_text()
     start = text.index("-->", text.index("<!-- rules-table")) + 3
     end = text.index("<!-- /rules-table -->")
-    assert text[start:end].strip() == compare.doc_table(), (
+    assert text[start:end].strip() == baseline.doc_table(), (
         "docs/nightly.md is stale: paste the output of "
-        "python -c 'from hil.compare import doc_table; print(doc_table())'"
+        "python -c 'from hil.baseline import doc_table; print(doc_table())'"
     )
 
 
 def test_documented_constants_match():
     text = DOC.read_text()
-    assert f"last {compare.HISTORY_NIGHTS} passing nightlies" in text
-    assert f"if there are at least {compare.HISTORY_MIN}" in text
+    assert f"last {baseline.HISTORY_NIGHTS} passing nightlies" in text
+    assert f"if there are at least {baseline.HISTORY_MIN}" in text

@@ -7,7 +7,7 @@ import json
 import xml.etree.ElementTree as ET
 
 from hil import report
-from hil.compare import compare_batch, exit_status
+from hil.baseline import compare_batch, exit_status
 from hil.history import History
 
 from .nightly_fakes import Nights, run_data

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hil.compare import RULES, classify, compare_batch, compare_metric, exit_status
+from hil.baseline import RULES, classify, compare_batch, compare_metric, exit_status
 from hil.history import History
 from hil.stats import Stats
 

@@ -1,4 +1,5 @@
-"""The nightly verdict: each (scenario, profile) of a batch against its history.
+"""The nightly verdict: each (scenario, profile) of a batch against its previous run and
+its baseline.
 
 Two questions per key (docs/nightly.md, "Regression rules", is the user-facing text):
 
