@@ -32,6 +32,8 @@ def _scenario_files(args: list[str]) -> list[Path]:
 
 def _load_all(paths: list[str], profile: str | list[str] | None):
     """Scenario files x profiles (a list: the matrix; None: each scenario's own)."""
+    from .errors import UserError
+    from .plan import make_plan
     from .scenario import load_scenario
 
     profiles = profile if isinstance(profile, list) else [profile]
@@ -40,9 +42,14 @@ def _load_all(paths: list[str], profile: str | list[str] | None):
     for path in files:
         for prof in list(dict.fromkeys(profiles)) or [None]:
             try:
-                scenarios.append(load_scenario(path, prof))
+                sc = load_scenario(path, prof)
+                make_plan(sc)  # e.g. assembles the GPU program: its mistakes are input errors too
+                scenarios.append(sc)
             except ValidationError as e:
                 problems += [p for p in e.problems if p not in problems]
+            except UserError as e:
+                if f"{path}: {e}" not in problems:
+                    problems.append(f"{path}: {e}")
     seen: dict[tuple[str, str], Path] = {}
     for sc in scenarios:
         key = (sc.name, sc.profile.name)
@@ -283,6 +290,42 @@ def cmd_doctor(ns: argparse.Namespace) -> int:
     return doctor(sys.stdout)
 
 
+def cmd_compare(ns: argparse.Namespace) -> int:
+    """Replay a vGPU run's trace without QEMU; exit 1 on the first divergence."""
+    from .errors import UserError
+    from .vgpu.replay import replay
+    from .vgpu.trace import TraceError, read
+
+    run = Path(ns.run)
+    path = run / "trace.jsonl" if run.is_dir() else run
+    if not path.is_file():
+        raise UserError(
+            f"{run}: no trace.jsonl here. Give a results directory of a run with "
+            "a virtual GPU (results/<scenario>/<run-id>/) or a trace file."
+        )
+    try:
+        records = read(path)
+    except TraceError as e:
+        raise UserError(str(e)) from None
+    p = records[0]["program"]
+    print(
+        f"{path}: program {p['sha256'][:16]} ({p['npix']} pixels, {p['threads']} threads), "
+        f"recorded on {records[0]['backend']} ({records[0]['adapter']})"
+    )
+    worst = 0
+    for backend in ns.backend or ["wgpu", "numpy"]:
+        r = replay(records, backend)
+        if r.divergence:
+            print(f"DIFF  {r.divergence}")
+            worst = 1
+        else:
+            print(
+                f"SAME  {backend}: {r.runs} runs, {r.requests} requests, {r.steps} "
+                "instructions, final thread states and memory identical"
+            )
+    return worst
+
+
 def cmd_test(ns: argparse.Namespace) -> int:
     import pytest
 
@@ -369,6 +412,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("doctor", help="report tools, KVM and the wgpu adapter")
     d.set_defaults(func=cmd_doctor)
+
+    c = sub.add_parser("compare", help="replay a vGPU run against host-side executors")
+    c.add_argument("run", metavar="RUN", help="results directory of the run (or its trace.jsonl)")
+    c.add_argument(
+        "--backend",
+        action="append",
+        choices=("wgpu", "numpy"),
+        help="replay on this executor (default: wgpu and numpy)",
+    )
+    c.set_defaults(func=cmd_compare)
 
     t = sub.add_parser("test", help="run the test suite (pytest; extra arguments go to it)")
     t.add_argument("pytest_args", nargs=argparse.REMAINDER)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hil.errors import BuildError, InfraError, UserError
+from hil.vgpu import layout as vgpu_layout
 
 REPO = Path(__file__).resolve().parent.parent
 # Where boot/ and microkernel/ are read from (tests point it at a copy).
@@ -255,6 +256,7 @@ def _key(root: Path, defines: list[str], payload: bytes | None, tools: dict[str,
     for path in _source_files(root):
         add("src:" + path.relative_to(root).as_posix(), path.read_bytes())
     add("builder", Path(__file__).read_bytes())
+    add("generated:vgpu_layout.h", vgpu_layout.c_header().encode())
     add("flags", json.dumps([CFLAGS, NASMFLAGS, LDFLAGS, defines]).encode())
     add("tools", json.dumps(tools, sort_keys=True).encode())
     add("payload", b"-" if payload is None else hashlib.sha256(payload).digest())
@@ -358,7 +360,11 @@ def _compile(
 ):
     """Assemble/compile/link into `work`; returns (boot.bin, kernel.elf, kernel.bin)."""
     boot_dir, mk = src / "boot", src / "microkernel"
-    inc = [f"-I{boot_dir}/", f"-I{mk}/"]
+    # Headers generated from the single sources of truth (hil/vgpu/layout.py).
+    gen = work / "generated"
+    gen.mkdir()
+    (gen / "vgpu_layout.h").write_text(vgpu_layout.c_header())
+    inc = [f"-I{boot_dir}/", f"-I{mk}/", f"-I{gen}/"]
     boot_bin = work / "boot.bin"
     progress("assembling boot sector")
     _run(

@@ -185,9 +185,13 @@ class QemuMachine:
                         f"QEMU did not start within {timeout:.0f} s: "
                         f"{self.stderr_tail() or 'no message'}"
                     ) from None
-        # QEMU holds the pty slave open now; dropping ours lets the console see EOF
-        # (EIO) the moment QEMU exits.
-        if self._slave_fd is not None:
+        self.release_console()
+
+    def release_console(self) -> None:
+        """Drop our copy of the pty slave once QEMU holds its own -- it has connected to
+        QMP, which it does after creating its chardevs -- or has exited.  From then on
+        QEMU's exit shows on the console as EOF (EIO) at once."""
+        if self._slave_fd is not None and (self.qmp.connected or self.proc.poll() is not None):
             os.close(self._slave_fd)
             self._slave_fd = None
 

@@ -14,7 +14,8 @@ PROFILE_DIR = REPO / "qemu_configs"
 MACHINES = ("q35", "pc")
 ACCELS = ("auto", "kvm", "tcg")
 BOOT_PATHS = ("bios", "pvh")
-GPUS = ("none",)
+GPUS = ("none", "virtual")
+DEFAULT_VRAM = 16 << 20
 KEYS = (
     "description",
     "machine",
@@ -26,6 +27,7 @@ KEYS = (
     "acpi",
     "devices",
     "gpu",
+    "vram",
     "qemu_args",
 )
 
@@ -43,7 +45,8 @@ class Profile:
     cpu: str | None = None  # None: 'host' under KVM, QEMU's default under TCG
     acpi: bool = True  # QEMU's ACPI tables; the kernel does not use them
     devices: tuple[dev.Device, ...] = ()
-    gpu: str = "none"
+    gpu: str = "none"  # none | virtual (the vGPU bridge, docs/vgpu.md)
+    vram: int = DEFAULT_VRAM  # bytes of VRAM for gpu: virtual
     qemu_args: tuple[str, ...] = field(default_factory=tuple)
 
     def to_json(self) -> dict:
@@ -60,6 +63,7 @@ class Profile:
             "acpi": self.acpi,
             "devices": [repr(d) for d in self.devices],
             "gpu": self.gpu,
+            "vram": self.vram,
             "qemu_args": list(self.qemu_args),
         }
 
@@ -111,6 +115,15 @@ def load_profile(path: Path) -> Profile:
     cpu = f.get("cpu", str, None, example="cpu: host")
     acpi = f.get("acpi", bool, True, example="acpi: false")
     gpu = f.choice("gpu", GPUS, "none")
+    vram_raw = f.raw("vram", DEFAULT_VRAM)
+    vram = parse_size(vram_raw)
+    if vram is None or vram < 1 << 16 or vram > 1 << 31 or vram & (vram - 1):
+        f.error(
+            "vram",
+            f"{vram_raw!r} is not a usable VRAM size: a power of two from 64K to "
+            "2G, e.g. 'vram: 16M'.",
+        )
+        vram = DEFAULT_VRAM
     qargs = f.get("qemu_args", list, [], example="qemu_args: ['-device', 'pvpanic']")
     if qargs and not all(isinstance(a, str) for a in qargs):
         f.error("qemu_args", "must be a list of strings, one QEMU argument each.")
@@ -138,5 +151,6 @@ def load_profile(path: Path) -> Profile:
         acpi=acpi,
         devices=tuple(devices),
         gpu=gpu,
+        vram=vram,
         qemu_args=tuple(qargs or ()),
     )

@@ -8,6 +8,8 @@ rejected earlier, by hil.scenario.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import datetime as dt
 import time
 from dataclasses import dataclass
@@ -23,6 +25,8 @@ from .progress import Progress
 from .scenario import Scenario
 from .steps import Outcome, StepRunner
 from .verdict import ERROR, FAIL, INTERRUPTED, PASS, StepFailed, Verdict
+from .vgpu.driver import BridgeProcess
+from .vgpu.results import gpu_results
 
 
 @dataclass
@@ -67,13 +71,28 @@ def run_scenario(scenario: Scenario, opts: RunOptions, progress: Progress) -> Ru
     outcome = Outcome([])
     verdict: Verdict | None = None
     machine: QemuMachine | None = None
+    bridge: BridgeProcess | None = None
     console: Console | None = None
     img = None
     try:
         img = _build(plan, opts, progress, run_dir, data)
         data["durations"]["build_s"] = round(time.monotonic() - t0, 3)
         cfg = _machine_config(plan, img, run_dir, opts, data)
-        with QemuMachine(cfg, run_dir) as machine:
+        with contextlib.ExitStack() as stack:
+            watchdogs = []
+            if plan.gpu is not None:
+                # The bridge listens before QEMU starts and is stopped after it (LIFO).
+                o = plan.gpu.options
+                bridge = stack.enter_context(
+                    BridgeProcess(run_dir, plan.gpu.vram, o.backend, o.budget)
+                )
+                cfg = dataclasses.replace(
+                    cfg, device_args=cfg.device_args + tuple(bridge.qemu_args())
+                )
+            machine = stack.enter_context(QemuMachine(cfg, run_dir))
+            if bridge is not None:
+                # The bridge leaves when QEMU hangs up; only while QEMU runs is that a fault.
+                watchdogs.append(lambda: machine.poll() is None and bridge.check())
             data["qemu"]["argv"] = machine.argv
             progress.launched()
             console = Console(
@@ -82,7 +101,9 @@ def run_scenario(scenario: Scenario, opts: RunOptions, progress: Progress) -> Ru
                 run_dir / "serial.log",
                 on_line=lambda ln: progress.console(ln.text, ln.t),
             )
-            runner = StepRunner(scenario, machine, console, plan.accel, on_step=progress.step)
+            runner = StepRunner(
+                scenario, machine, console, plan.accel, on_step=progress.step, watchdogs=watchdogs
+            )
             outcome = runner.out
             try:
                 runner.run()
@@ -92,7 +113,12 @@ def run_scenario(scenario: Scenario, opts: RunOptions, progress: Progress) -> Ru
                 verdict = f.verdict
             data["durations"]["machine_s"] = round(time.monotonic() - machine.launched, 3)
             data["qemu"]["events"] = [e for _, e in machine.qmp.events()] if machine.qmp else []
+            data["qemu"]["kvm_stats"] = _kvm_stats(machine) if plan.accel == "kvm" else None
             data["qemu"]["exit_status"] = machine.stop()
+            if bridge is not None:
+                bridge.stop()
+        if bridge is not None:
+            verdict = gpu_results(plan, run_dir, bridge.stats(), console, verdict, data)
     except KeyboardInterrupt:
         verdict = Verdict(
             INTERRUPTED,
@@ -176,6 +202,7 @@ def _finish(
     if outcome.idle_windows:
         m["cpu_idle"] = min(w.idle for w in outcome.idle_windows)
         m["wakeups_per_s"] = max(w.wakeups_per_s for w in outcome.idle_windows)
+    m.update((data.get("gpu") or {}).get("metrics", {}))
     m.update(outcome.recorded)
     data["metrics"] = m
     data["idle_windows"] = [w.to_json() for w in outcome.idle_windows]
@@ -216,6 +243,22 @@ def _finish(
     data["artifacts"]["junit.xml"] = "junit.xml"
     results.write_json(run_dir / "run.json", data)
     results.write_junit(run_dir / "junit.xml", data)
+
+
+def _kvm_stats(machine: QemuMachine) -> dict | None:
+    """KVM's per-vCPU exit counters summed at the end of the run (None if unavailable)."""
+    if machine.poll() is not None or machine.qmp is None or not machine.qmp.connected:
+        return None
+    try:
+        res = machine.qmp.cmd("query-stats", target="vcpu", providers=[{"provider": "kvm"}])
+    except InfraError:
+        return None
+    out: dict[str, int] = {}
+    for vcpu in res:
+        for s in vcpu["stats"]:
+            if isinstance(s["value"], int) and s["name"].endswith(("exits", "_wait_ns")):
+                out[s["name"]] = out.get(s["name"], 0) + s["value"]
+    return out
 
 
 def _check_limit(lim, value) -> tuple[bool, str]:

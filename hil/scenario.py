@@ -14,7 +14,7 @@ from pathlib import Path
 from . import devices as dev
 from . import metrics
 from .profile import Profile, load_profile, resolve, unknown_profile_hint
-from .yamlsrc import Fields, Problems, ValidationError, load, suggest
+from .yamlsrc import Fields, Problems, ValidationError, load, parse_size, suggest
 
 TOP_KEYS = (
     "name",
@@ -23,6 +23,7 @@ TOP_KEYS = (
     "timeout",
     "ready",
     "image",
+    "gpu",
     "devices",
     "fail_on",
     "default_fail_on",
@@ -41,6 +42,9 @@ RECORD_TYPES = {
 EXIT_NAMES = {"shutdown": 1, "panic": 63}  # docs/console.md, "Exit codes"
 CHECKS = ("pci",)
 IMAGE_KEYS = ("boot_fault",)
+GPU_KEYS = ("program", "backend", "budget", "threads", "memory", "reference")
+GPU_BACKENDS = ("wgpu", "numpy")
+REFERENCES = ("none", "wgpu")
 DEFAULT_FAIL_ON = ("!EXC", "!PANIC")  # docs/console.md: exception and panic reports
 DEFAULT_READY = "@stage ready"
 DEFAULT_STEP_TIMEOUT = 10.0
@@ -125,6 +129,18 @@ class ImageOptions:
 
 
 @dataclass(frozen=True)
+class GpuOptions:
+    """What the virtual GPU runs (docs/vgpu.md); needs a profile with gpu: virtual."""
+
+    program: Path
+    backend: str = "wgpu"
+    budget: int = 100_000  # steps per thread per executor run
+    threads: int | None = None  # override the program's own
+    memory: int | None = None
+    reference: str = "none"  # wgpu: replay the trace through wgpu and NumPy afterwards
+
+
+@dataclass(frozen=True)
 class Scenario:
     name: str
     path: Path
@@ -133,6 +149,7 @@ class Scenario:
     timeout: float
     ready: Pattern
     image: ImageOptions
+    gpu: GpuOptions | None
     devices: tuple[dev.Device, ...]
     fail_on: tuple[Pattern, ...]
     steps: tuple[Step, ...]
@@ -180,6 +197,14 @@ def load_scenario(path: Path, profile_override: str | None = None) -> Scenario:
                 problems.items.extend(e.problems)
 
     image = _image(problems, f.raw("image"), f.line_of("image"))
+    gpu = _gpu(problems, f.raw("gpu"), f.line_of("gpu"), path.parent)
+    if gpu is not None and profile is not None and profile.gpu != "virtual":
+        problems.add(
+            f.line_of("gpu"),
+            "gpu",
+            f"profile {profile.name!r} has no virtual GPU "
+            "(gpu: none); pick a profile with 'gpu: virtual', e.g. q35-tcg-vgpu.",
+        )
     devices = dev.parse(problems, f.raw("devices"), "devices", path.parent)
     if profile is not None and profile.machine == "pc":
         for i, d in enumerate(devices):
@@ -212,6 +237,7 @@ def load_scenario(path: Path, profile_override: str | None = None) -> Scenario:
         timeout=timeout,
         ready=ready,
         image=image,
+        gpu=gpu,
         devices=tuple(profile.devices) + tuple(devices),
         fail_on=tuple(fail_on),
         steps=tuple(steps),
@@ -261,6 +287,48 @@ def _image(problems: Problems, node, line) -> ImageOptions:
     boot_fault = f.get("boot_fault", bool, False)
     f.done()
     return ImageOptions(boot_fault=bool(boot_fault))
+
+
+def _gpu(problems: Problems, node, line, base_dir: Path) -> GpuOptions | None:
+    if node is None:
+        return None
+    f = Fields(problems, node, "gpu", GPU_KEYS, line)
+    program = f.get("program", str, example="program: ../pxi/programs/hello.pxs")
+    backend = f.choice("backend", GPU_BACKENDS, "wgpu")
+    budget = f.get("budget", int, 100_000, example="budget: 100000")
+    if budget is not None and not 1 <= budget <= (1 << 32) - 1:
+        f.error("budget", "must be between 1 and 4294967295 steps.")
+    threads = f.get("threads", int, None, example="threads: 4")
+    if threads is not None and not 1 <= threads <= 1 << 20:
+        f.error("threads", "must be between 1 and 1048576.")
+    mem_raw = f.raw("memory")
+    memory = None
+    if mem_raw is not None:
+        memory = parse_size(mem_raw)
+        if memory is None or memory % 4:
+            f.error(
+                "memory",
+                f"{mem_raw!r} is not a data memory size (a multiple of 4 bytes, e.g. 64K).",
+            )
+    reference = f.choice("reference", REFERENCES, "none")
+    f.done()
+    if not f.ok or program is None:
+        return None
+    path = (base_dir / program).resolve()
+    if not path.is_file():
+        f.error("program", f"{path} does not exist. Fix the path (relative to the scenario).")
+        return None
+    if path.suffix not in (".pxs", ".png"):
+        f.error("program", f"{path.name}: a GPU program is a .pxs source or a .png image.")
+        return None
+    return GpuOptions(
+        program=path,
+        backend=backend or "wgpu",
+        budget=budget or 100_000,
+        threads=threads,
+        memory=memory,
+        reference=reference or "none",
+    )
 
 
 def _steps(problems: Problems, node) -> list[Step]:

@@ -126,8 +126,12 @@ class StepRunner:
         console: Console,
         accel: str,
         on_step: Callable[[StepResult], None] = lambda r: None,
+        watchdogs: list[Callable[[], None]] | None = None,
     ):
         self.sc = scenario
+        # Called between console reads; each raises (InfraError) if a helper process of
+        # the machine -- the vGPU bridge -- died.
+        self.watchdogs = watchdogs or []
         self.m = machine
         self.c = console
         self.accel = accel
@@ -187,23 +191,20 @@ class StepRunner:
         start = time.monotonic()
         step_end = start + (seconds if seconds is not None else step.timeout)
         end = min(step_end, self.deadline)
-        exited = False
         while True:
             left = end - time.monotonic()
             if left <= 0:
                 if seconds is not None and end == step_end:
                     return None
                 self._timed_out(step, waiting_for, overall=end < step_end)
+            self.m.release_console()
+            for check in self.watchdogs:
+                check()
             try:
                 line = self.c.read_line(min(left, 0.5))
             except ConsoleClosed:
                 self._machine_gone(step, waiting_for)
             if line is None:
-                # Until QMP is up we hold the pty slave too, so a QEMU that dies at
-                # start-up gives no EOF: notice its exit, read what is left, then stop.
-                if exited:
-                    self._machine_gone(step, waiting_for)
-                exited = self.m.poll() is not None
                 continue
             if accept(line):
                 return line

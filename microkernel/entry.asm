@@ -4,7 +4,7 @@
 %include "longmode.inc"                 ; from boot/: shared with the boot sector
 
 extern  kmain, exception, vprint
-global  _start, isr_sled, irq_stub, kprintf
+global  _start, isr_sled, irq_stub, kprintf, copy, access
 
 ; --- BIOS path ------------------------------------------------------------
 ; The boot sector copies the image to 0x100000 and jumps to its first byte in
@@ -64,11 +64,82 @@ isr_common:
         mov     rcx, cr2
         jmp     exception               ; C, never returns
 
-; Hardware interrupts (PIC vectors 0x20-0x27).  The PIC runs in auto-EOI mode
-; and the idle loop polls the devices after every wake-up, so an interrupt
-; only has to end the `hlt`.
+; Hardware interrupts (PIC vectors 0x20-0x27, the vGPU's MSI-X 0x28).  The
+; idle loop polls the devices after every wake-up, so an interrupt only has to
+; end the `hlt`.  The PIC runs in auto-EOI mode; an MSI goes through the local
+; APIC, which wants an EOI (harmless when nothing is in service).
 irq_stub:
+        push    rax
+        mov     eax, 0xFEE000B0         ; local APIC EOI register
+        mov     dword [rax], 0
+        pop     rax
         iretq
+
+; --- copy(dst, src, n): memcpy in three instructions -----------------------
+copy:   mov     rcx, rdx
+        rep movsb
+        ret
+
+; --- access(kind, bytes, addr, value): one port or MMIO access -------------
+; For the privilege broker (vgpu.c), which has already checked it.  Device
+; registers care about the exact width, so each width is its own instruction.
+; kind: 1 port in, 2 port out, 3 MMIO read, 4 MMIO write; bytes: 1, 2, 4, 8.
+; Returns what was read (zero-extended), else 0.
+access: xchg    rax, rcx                ; rax = value to write
+        xor     ecx, ecx                ; rcx = the result of a write: 0
+        dec     edi
+        jz      .in
+        dec     edi
+        jz      .out
+        dec     edi
+        jnz     .write
+        xor     eax, eax                ; MMIO read
+        cmp     esi, 2
+        jb      .rb
+        je      .rw
+        cmp     esi, 4
+        je      .rd
+        mov     rax, [rdx]
+        ret
+.rd:    mov     eax, [rdx]
+        ret
+.rw:    mov     ax, [rdx]
+        ret
+.rb:    mov     al, [rdx]
+        ret
+.write: cmp     esi, 2
+        jb      .wb
+        je      .ww
+        cmp     esi, 4
+        je      .wd
+        mov     [rdx], rax
+        jmp     .zero
+.wd:    mov     [rdx], eax
+        jmp     .zero
+.ww:    mov     [rdx], ax
+        jmp     .zero
+.wb:    mov     [rdx], al
+        jmp     .zero
+.in:    xor     eax, eax
+        cmp     esi, 2
+        jb      .inb
+        je      .inw
+        in      eax, dx
+        ret
+.inw:   in      ax, dx
+        ret
+.inb:   in      al, dx
+        ret
+.out:   cmp     esi, 2
+        jb      .outb
+        je      .outw
+        out     dx, eax
+        jmp     .zero
+.outw:  out     dx, ax
+        jmp     .zero
+.outb:  out     dx, al
+.zero:  xchg    rax, rcx
+        ret
 
 ; --- kprintf(fmt, ...) ------------------------------------------------------
 ; The SysV ABI passes the first variadic arguments in rsi, rdx, rcx, r8, r9

@@ -10,6 +10,13 @@ typedef unsigned long u64;
 
 static inline void outb(u16 port, u8 v) { asm volatile("outb %0, %1" : : "a"(v), "Nd"(port)); }
 static inline void outl(u16 port, u32 v) { asm volatile("outl %0, %1" : : "a"(v), "Nd"(port)); }
+static inline void outw(u16 port, u16 v) { asm volatile("outw %0, %1" : : "a"(v), "Nd"(port)); }
+static inline u16 inw(u16 port)
+{
+    u16 v;
+    asm volatile("inw %1, %0" : "=a"(v) : "Nd"(port));
+    return v;
+}
 static inline u8 inb(u16 port)
 {
     u8 v;
@@ -29,12 +36,25 @@ void kputc(char c);
 void kputs(const char *s);
 void kprintf(const char *fmt, ...);    // entry.asm: every argument must be a u64 or pointer
 
+// entry.asm
+void copy(volatile void *dst, const volatile void *src, u64 n);
+u64 access(u32 kind, u32 bytes, u64 addr, u64 value);
+
 // trap.c
 void idt_init(void);
 _Noreturn void qexit(u8 code);
 
 // pci.c
 void pci_scan(void);
+
+// vgpu.c
+struct vg_payload;
+extern u64 served, wakes;
+void broker_allow(u64 base, u64 size, int io);
+void vgpu_attach(u64 bar0, u64 bar2, u64 size);
+void vgpu_start(const struct vg_payload *p, u64 size);
+void vgpu_poll(void);
+void vgpu_event(u32 source, u64 data);
 
 // timer.c
 extern u64 halted;

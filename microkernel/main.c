@@ -1,6 +1,7 @@
 // microkernel/main.c -- boot order, stage markers, and the command loop.
 #include "boot.h"
 #include "version.h"
+#include "vgpu_layout.h"
 
 static u64 t_kernel;    // TSC at the first C instruction: `stats` counts from here
 
@@ -17,11 +18,18 @@ static int eq(const char *a, const char *b)
     return *a == *b;
 }
 
+static void stats(void)
+{
+    kprintf("stats busy=%1 halt=%1 wakes=%1 reqs=%1\n", rdtsc() - t_kernel - halted, halted,
+            wakes, served);
+}
+
 static void command(const char *line)
 {
     if (eq(line, "stats"))
-        kprintf("stats busy=%1 halt=%1\n", rdtsc() - t_kernel - halted, halted);
+        stats();
     else if (eq(line, "shutdown")) {
+        stats();
         kputs("bye\n");
         qexit(0);
     } else if (eq(line, "ud"))
@@ -62,6 +70,7 @@ _Noreturn void kmain(struct hvm_start_info *si, u64 tsc_lmode)
     pic_init();
     stage("ready", 0);
     kprintf("@tsc khz=%1\n", tsc_khz());
+    vgpu_start((void *)addr, size);     // the payload is the GPU's program (docs/vgpu.md)
 
     // Idle loop: interrupts stay off except inside idle()'s `sti; hlt`.
     char line[32];
@@ -69,6 +78,7 @@ _Noreturn void kmain(struct hvm_start_info *si, u64 tsc_lmode)
     for (;;) {
         while (inb(COM1 + 5) & 1) {     // LSR.DR: a byte is waiting
             char c = inb(COM1);
+            vgpu_event(VG_SRC_COM1_RX, (u8)c);
             if (c == '\r' || c == '\n') {
                 if (n) {
                     line[n] = 0;
@@ -78,6 +88,8 @@ _Noreturn void kmain(struct hvm_start_info *si, u64 tsc_lmode)
             } else if (n < sizeof line - 1)
                 line[n++] = c;
         }
+        vgpu_poll();
         idle();
+        wakes++;
     }
 }

@@ -10,6 +10,9 @@
 // Either way every function ends with memory + I/O decode and bus mastering
 // on (later drivers DMA).
 #include "kernel.h"
+#include "vgpu_layout.h"
+
+#define IVSHMEM 0x11101AF4  // 1af4:1110: QEMU's ivshmem, the vGPU when a bridge answers
 
 static u64 ecam;    // ECAM base; 0 = legacy ports
 static u32 cur;     // the function we are looking at: bus << 8 | device << 3 | function
@@ -95,11 +98,30 @@ static void bridge(void)
     }
 }
 
+// MSI-X entry 0 -> the boot CPU's local APIC, vector VG_IRQ_VECTOR; then
+// enable MSI-X.  The table lives in the BAR its capability names.
+static void msix(const u64 *bar)
+{
+    for (u32 p = cfg(0x34) & 0xFC; p; p = cfg(p) >> 8 & 0xFC)
+        if ((cfg(p) & 0xFF) == 0x11) {
+            u32 t = cfg(p + 4);                 // table offset | BAR index
+            volatile u32 *e = (void *)(bar[t & 7] + (t & ~7));
+            e[0] = 0xFEE00000;                  // message address: APIC ID 0
+            e[1] = 0;
+            e[2] = VG_IRQ_VECTOR;               // message data: fixed delivery, this vector
+            e[3] = 0;                           // unmasked
+            cfg_set(p, 1u << 31);               // message control: enable, function unmasked
+            return;
+        }
+}
+
 // One function: its `pci` line with every BAR (placing unassigned ones), and
-// a `gpu` line for display controllers (class 03).  type: header type 0 or 1.
+// a `gpu` line for display controllers (class 03).  Every BAR goes to the
+// privilege broker's list -- except the vGPU's own.  type: header type 0 or 1.
 static void function(u32 type)
 {
-    u32 cmd = cfg(4), ok = 1;
+    u32 cmd = cfg(4), ok = 1, id = cfg(0);
+    u64 bar[6] = {0}, bar_size[6] = {0};
     cfg_set(4, cmd & ~3);           // decode off while BARs hold all-ones
     ident("pci");
     for (u32 off = 0x10; off < (type ? 0x18 : 0x28); off += 4) {   // a bridge has two BARs
@@ -124,11 +146,19 @@ static void function(u32 type)
             }
             kprintf(" bar%1=%s%s:%1/%1", (u64)(off - 0x10) / 4, io ? "io" : wide ? "m64" : "m32",
                     (lo & 9) == 8 ? "p" : "", base, size);
+            bar[(off - 0x10) / 4] = base;
+            bar_size[(off - 0x10) / 4] = size;
+            if (id != IVSHMEM)
+                broker_allow(base, size, io);
         }
         off += 4 * wide;
     }
     cfg_set(4, ok ? cmd | 7 : cmd); // I/O + memory decode, bus master
     kputc('\n');
+    if (id == IVSHMEM && ok) {
+        msix(bar);
+        vgpu_attach(bar[0], bar[2], bar_size[2]);
+    }
     if (cfg(8) >> 24 == 3) {
         ident("gpu");
         kputc('\n');

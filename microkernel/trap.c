@@ -7,7 +7,7 @@
 
 // 64-bit interrupt gates, 16 bytes each.  The kernel lives below 4 GiB, so
 // the upper 8 bytes (offset bits 63:32, reserved) stay 0.
-static u32 idt[0x28][4];
+static u32 idt[0x29][4];   // exceptions, PIC 0x20-0x27, MSI-X 0x28 (vgpu_layout.h)
 static const struct __attribute__((packed)) {
     u16 limit;
     void *base;
@@ -16,7 +16,7 @@ extern char isr_sled[], irq_stub[];   // entry.asm
 
 void idt_init(void)
 {
-    for (int v = 0; v < 0x28; v++) {
+    for (int v = 0; v < 0x29; v++) {
         u32 a = (u32)(u64)(v < 32 ? isr_sled + 2 * v : irq_stub);
         idt[v][0] = 0x10 << 16 | (a & 0xFFFF);      // selector 0x10 (64-bit code), offset 15:0
         idt[v][1] = (a & 0xFFFF0000) | 0x8E00;      // offset 31:16, present, DPL 0, interrupt gate

@@ -15,3 +15,15 @@ def test_metrics_table_is_current():
         "docs/metrics.md is stale: paste the output of "
         "python -c 'from hil.metrics import doc_table; print(doc_table())'"
     )
+
+
+def test_vgpu_tables_are_current():
+    from hil.vgpu.layout import doc_tables
+
+    text = (DOCS / "vgpu.md").read_text()
+    start = text.index("-->", text.index("<!-- vgpu-tables")) + 3
+    end = text.index("<!-- /vgpu-tables -->")
+    assert text[start:end].strip() == doc_tables().strip(), (
+        "docs/vgpu.md is stale: paste the output of "
+        "python -c 'from hil.vgpu.layout import doc_tables; print(doc_tables())'"
+    )

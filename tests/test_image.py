@@ -251,5 +251,7 @@ def test_image_boots(img, path):
         ["lmode", "kernel", "pci", "ready"]  # fmt: skip
     assert stages == want, out
     assert re.search(r"^pci 00:00\.0 8086:29c0 060000$", out, re.M), out
-    assert re.search(r"^stats busy=[0-9a-f]+ halt=[0-9a-f]+$", out, re.M), out
+    assert re.search(r"^stats busy=[0-9a-f]+ halt=[0-9a-f]+ wakes=[0-9a-f]+ reqs=0$", out, re.M), (
+        out
+    )
     assert out.rstrip().endswith("bye") and rc == 1, (rc, out)

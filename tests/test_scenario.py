@@ -241,3 +241,27 @@ def test_profile_override_unknown(tmp_path, capsys):
     good = write(tmp_path, GOOD)
     assert main(["validate", str(good), "--profile", "nope"]) == 2
     assert "--profile: no profile 'nope'" in capsys.readouterr().err
+
+
+def test_gpu_section_needs_a_virtual_gpu_and_a_program(tmp_path):
+    prog = tmp_path / "p.pxs"
+    prog.write_text("main:\n    halt\n")
+    found = problems(tmp_path, GOOD + f"gpu: {{program: {prog}}}\n")
+    assert "has no virtual GPU" in found[0] and "q35-tcg-vgpu" in found[0]
+    found = problems(
+        tmp_path,
+        GOOD.replace("q35-tcg-bios", "q35-tcg-vgpu") + "gpu: {program: nope.pxs, backend: cuda}\n",
+    )
+    joined = "\n".join(found)
+    assert "'cuda' is not one of wgpu, numpy" in joined
+
+
+def test_gpu_program_that_does_not_assemble_is_invalid_input(tmp_path, capsys):
+    prog = tmp_path / "bad.pxs"
+    prog.write_text("main:\n    frobnicate r1\n")
+    sc = write(
+        tmp_path, GOOD.replace("q35-tcg-bios", "q35-tcg-vgpu") + f"gpu: {{program: {prog}}}\n"
+    )
+    assert main(["validate", str(sc)]) == 2
+    err = capsys.readouterr().err
+    assert f"{prog}:2" in err and "frobnicate" in err and "Traceback" not in err

@@ -49,9 +49,6 @@ class PtyGuest:
         else:
             write()
 
-    def poll(self) -> int | None:
-        return self.exit_status
-
     def power_off(self, status: int) -> None:
         self.exit_status = status
         os.close(self.slave)
@@ -69,6 +66,9 @@ class PtyGuest:
 
     def stderr_tail(self) -> str:
         return ""
+
+    def release_console(self) -> None:
+        pass
 
     def close(self) -> None:
         for fd in (self.console_fd, self.slave):

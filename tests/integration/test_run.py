@@ -308,3 +308,19 @@ steps:
     r = hil("run", str(sc), "--keep-disks")
     assert r.code == 0, r.out + r.err
     assert list(r.run_dirs[0].glob("nvme0.img"))
+
+
+def test_exit_is_seen_without_qmp_steps(hil):
+    """Regression: with no step that waits for QMP, hil kept its copy of the pty slave
+    open, never saw EOF when QEMU exited, and an `exit` step timed out."""
+    sc = hil.scenario(
+        "profile: q35-tcg-pvh\n"
+        + BOOT_STEPS
+        + """\
+  - send: shutdown
+  - exit: shutdown
+    timeout: 5
+"""
+    )
+    r = hil("run", str(sc))
+    assert r.code == 0, r.out + r.err

@@ -1,0 +1,157 @@
+"""Power driver for the virtual GPU: the bridge process beside QEMU, and its lifetime.
+
+``BridgeProcess`` is a context manager like ``QemuMachine``: the bridge is started
+before QEMU (its ivshmem socket must be listening when QEMU starts) and stopped after
+it, whatever happens in between.  Its socket lives in a private temp directory that is
+removed on stop; its VRAM is an anonymous memfd, freed when the bridge and QEMU are gone,
+so nothing is left in /dev/shm.  Like QEMU it runs in its own process group with a
+parent-death signal, so a killed hil takes it along.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .. import host
+from ..errors import InfraError
+
+READY_TIMEOUT = 30.0
+
+
+class BridgeProcess:
+    def __init__(self, run_dir: Path, vram_size: int, backend: str, budget: int):
+        self.run_dir = run_dir
+        self.vram_size = vram_size
+        self.backend = backend
+        self.budget = budget
+        self.proc: subprocess.Popen | None = None
+        self.sockdir: str | None = None
+        self.socket = ""
+        self.status: int | None = None
+
+    def __enter__(self) -> BridgeProcess:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self.sockdir = tempfile.mkdtemp(prefix="hil-vgpu-")
+        self.socket = os.path.join(self.sockdir, "ivshmem.sock")
+        launcher = (
+            [host.which("setpriv"), "--pdeathsig", "KILL", "--"] if host.which("setpriv") else []
+        )
+        argv = [
+            sys.executable,
+            "-m",
+            "hil.vgpu.bridge",
+            "--socket",
+            self.socket,
+            "--vram-size",
+            str(self.vram_size),
+            "--run-dir",
+            str(self.run_dir),
+            "--backend",
+            self.backend,
+            "--budget",
+            str(self.budget),
+        ]
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(
+                [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")]
+            ),
+        }
+        with (self.run_dir / "bridge.stderr").open("wb") as err:
+            self.proc = subprocess.Popen(
+                launcher + argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                env=env,
+                start_new_session=True,
+                close_fds=True,
+            )
+        deadline = time.monotonic() + READY_TIMEOUT
+        line = b""
+        while not line.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            if left <= 0 or self.proc.poll() is not None:
+                raise InfraError(f"the vGPU bridge did not start: {self.diagnosis()}")
+            if select.select([self.proc.stdout], [], [], min(left, 0.2))[0]:
+                chunk = os.read(self.proc.stdout.fileno(), 256)
+                if not chunk:
+                    continue
+                line += chunk
+        if line.strip() != b"READY":
+            raise InfraError(f"the vGPU bridge said {line!r} instead of READY")
+
+    def qemu_args(self) -> list[str]:
+        return [
+            "-chardev",
+            f"socket,id=vgpu,path={self.socket}",
+            "-device",
+            "ivshmem-doorbell,chardev=vgpu,vectors=1",
+        ]
+
+    def check(self) -> None:
+        """Raise InfraError if the bridge died while the machine runs."""
+        if self.proc is not None and self.proc.poll() is not None:
+            self.status = self.proc.returncode
+            raise InfraError(
+                f"the vGPU bridge exited unexpectedly (status {self.status}): {self.diagnosis()}"
+            )
+
+    def diagnosis(self) -> str:
+        """The last lines the bridge wrote about itself."""
+        lines = []
+        for name in ("bridge.stderr", "bridge.log"):
+            try:
+                text = (self.run_dir / name).read_text(errors="replace").strip()
+            except OSError:
+                continue
+            lines += [ln.strip() for ln in text.splitlines() if ln.strip()][-3:]
+        return " | ".join(lines[-4:]) or "no message"
+
+    def stop(self) -> int | None:
+        """SIGTERM (the bridge writes its final records), SIGKILL if it hangs; idempotent."""
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+                    try:
+                        os.killpg(self.proc.pid, sig)
+                    except ProcessLookupError:
+                        break
+                    try:
+                        self.proc.wait(wait)
+                        break
+                    except subprocess.TimeoutExpired:
+                        continue
+            self.status = self.proc.poll()
+            if self.proc.stdout:
+                self.proc.stdout.close()
+            self.proc = None
+        if self.sockdir:
+            shutil.rmtree(self.sockdir, ignore_errors=True)
+            self.sockdir = None
+        return self.status
+
+    def stats(self) -> dict | None:
+        try:
+            return json.loads((self.run_dir / "bridge.json").read_text())
+        except (OSError, ValueError):
+            return None

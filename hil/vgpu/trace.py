@@ -1,0 +1,92 @@
+"""The bridge's record of a run: everything needed to replay it without QEMU.
+
+Format: JSON Lines (``trace.jsonl`` in the run directory), one record per line, each with
+a type ``t``.  Byte strings are zlib-compressed and base64-encoded (``"z"`` fields).  The
+bridge writes records in the order things happened; ``read`` returns them as dicts with
+bytes already decoded.  docs/vgpu.md ("Trace") is the format's documentation.
+
+    start    program (width, pixels, entry, threads, memory, sha256, pixels:z),
+             backend, adapter, budget
+    memory   the data memory as the executor got it before the first run (z)
+    writes   bytes someone other than the executor changed in the heap since the
+             last run (the guest CPU, device DMA): [[offset, z], ...]
+    run      one executor run: n, budget, steps, requests [[seq, thread, pc, kind,
+             width, addr, value], ...], faults [[thread, pc, code, d0, d1], ...]
+    respond  responses given to the executor: [[seq, thread, value, deny], ...]
+             (seq -1: a WAIT_EVENT answered from the event queue)
+    end      why the bridge stopped (halted, fault, error, stopped), final memory (z),
+             threads [[pc, status, steps], ...]
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import zlib
+from pathlib import Path
+from typing import IO
+
+FORMAT_VERSION = 1
+
+
+def pack(data: bytes) -> str:
+    return base64.b64encode(zlib.compress(data, 6)).decode("ascii")
+
+
+def unpack(text: str) -> bytes:
+    return zlib.decompress(base64.b64decode(text))
+
+
+class TraceWriter:
+    def __init__(self, path: Path):
+        self._f: IO[str] = path.open("w", encoding="utf-8")
+
+    def write(self, kind: str, **fields) -> None:
+        self._f.write(json.dumps({"t": kind, **fields}, separators=(",", ":")) + "\n")
+
+    def flush(self) -> None:
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
+
+
+class TraceError(Exception):
+    pass
+
+
+def read(path: Path) -> list[dict]:
+    """All records, with 'z' byte fields decoded (pixels, data, ranges)."""
+    records = []
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise TraceError(f"{path}: cannot read the trace ({e})") from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            t = rec["t"]
+            if t == "start":
+                if rec.get("version") != FORMAT_VERSION:
+                    raise TraceError(
+                        f"{path}:{n}: trace format {rec.get('version')}, this "
+                        f"hil reads {FORMAT_VERSION}"
+                    )
+                rec["program"]["pixels"] = unpack(rec["program"].pop("pixels_z"))
+            elif t in ("memory", "end") and "z" in rec:
+                rec["data"] = unpack(rec.pop("z"))
+            elif t == "writes":
+                rec["ranges"] = [(off, unpack(z)) for off, z in rec["ranges"]]
+        except TraceError:
+            raise
+        except (ValueError, KeyError, TypeError, zlib.error) as e:
+            raise TraceError(f"{path}:{n}: malformed trace record ({e})") from None
+        records.append(rec)
+    if not records or records[0]["t"] != "start":
+        raise TraceError(
+            f"{path}: not a vGPU trace (no 'start' record); was the run made "
+            "with a virtual GPU that received a program?"
+        )
+    return records

@@ -1,0 +1,209 @@
+"""The microkernel as privilege broker, attacked by a hostile "bridge".
+
+The test plays the GPU side itself -- a real ivshmem server, real VRAM, the real kernel in
+QEMU (TCG) -- and posts requests no honest program would: forbidden ports and addresses,
+absurd widths and kinds, addresses at the top of the 64-bit space, kernel memory, the
+vGPU's own registers, ring counters that make no sense.  A Python model of the allow-list
+(docs/vgpu.md) predicts each answer; the kernel must give exactly that answer, never
+fault, and keep serving the console.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import random
+import re
+import time
+
+import pytest
+
+from hil import image
+from hil.console import Console
+from hil.machine import MachineConfig, QemuMachine
+from hil.vgpu import layout as L
+from hil.vgpu.ivshmem import IvshmemServer
+from hil.vgpu.mailbox import Vram
+
+VRAM = 1 << 20
+COM1 = (0x3F8, 0x400)
+DMA = (L.DMA_BASE, L.DMA_BASE + L.DMA_SIZE)
+_BAR = re.compile(r"bar\d=(io|m32|m64)p?:([0-9a-f]+)/([0-9a-f]+)")
+
+
+def allowed_model(kind: int, width: int, addr: int, ranges) -> bool:
+    if kind not in (1, 2, 3, 4) or width % 8:
+        return False
+    io = kind <= 2
+    nbytes = width // 8
+    if nbytes not in ((1, 2, 4) if io else (1, 2, 4, 8)):
+        return False
+    if not io and addr % nbytes:
+        return False
+    end = addr + nbytes
+    if io:
+        return (
+            COM1[0] <= addr
+            and end <= COM1[1]
+            or any(b <= addr and end <= e for k, b, e in ranges if k == "io")
+        )
+    return (
+        DMA[0] <= addr
+        and end <= DMA[1]
+        or any(b <= addr and end <= e and e <= 1 << 32 for k, b, e in ranges if k != "io")
+    )
+
+
+class HostileBridge:
+    def __init__(self, vram: Vram, server: IvshmemServer, console: Console):
+        self.v, self.s, self.c = vram, server, console
+        self.head = self.tail = self.seq = 0
+
+    def post(self, reqs) -> list[dict]:
+        """Post requests, interrupt the guest, collect its responses."""
+        for kind, width, addr, value in reqs:
+            base = self.v.r.req_off + (self.head % L.RING_ENTRIES) * L.REQUEST.size
+            for k, val in (
+                ("seq", self.seq),
+                ("thread", 0),
+                ("kind", kind),
+                ("width", width),
+                ("pc", 0),
+                ("addr", addr),
+                ("value", value),
+            ):
+                L.REQUEST.put(self.v.buf, base, k, val)
+            self.head += 1
+            self.seq += 1
+        self.v.put("req_head", self.head % (1 << 32))
+        self.s.interrupt_guest(0)
+        deadline = time.monotonic() + 10
+        while self.v.get("rsp_head") != self.head % (1 << 32):
+            assert time.monotonic() < deadline, "the kernel stopped answering"
+            self.s.wait(0.02)
+            ln = self.c.read_line(0.01)
+            assert ln is None or not ln.text.startswith(("!EXC", "!PANIC")), ln.text
+        out = []
+        while self.tail != self.head:
+            base = self.v.r.rsp_off + (self.tail % L.RING_ENTRIES) * L.RESPONSE.size
+            out.append(L.RESPONSE.read(self.v.buf, base))
+            self.tail += 1
+        return out
+
+
+@pytest.fixture
+def machine(tmp_path, image_cache):
+    img = image.build(image.ImageRecipe(), cache_root=image_cache)
+    fd = os.memfd_create("vram")
+    os.ftruncate(fd, VRAM)
+    vram = Vram(mmap.mmap(fd, VRAM), L.Regions(VRAM))
+    vram.initialise()
+    server = IvshmemServer(str(tmp_path / "iv.sock"), fd)
+    server.listen()
+    cfg = MachineConfig(
+        name="it-broker",
+        machine="q35",
+        accel="tcg",
+        cpu=None,
+        memory_mib=128,
+        cpus=1,
+        acpi=False,
+        boot="pvh",
+        disk=None,
+        kernel=img.elf,
+        initrd=None,
+        device_args=(
+            "-chardev",
+            f"socket,id=vg,path={tmp_path / 'iv.sock'}",
+            "-device",
+            "ivshmem-doorbell,chardev=vg,vectors=1",
+        ),
+    )
+    with QemuMachine(cfg, tmp_path) as m:
+        server.accept(30)
+        console = Console(m.console_fd, m.launched, tmp_path / "serial.log")
+        lines = []
+        while not any(ln.text.startswith("@tsc") for ln in lines):
+            ln = console.read_line(30)
+            assert ln is not None, "the kernel did not boot"
+            lines.append(ln)
+            m.release_console()
+        ranges = []
+        for ln in lines:
+            if ln.text.startswith("pci ") and " 1af4:1110 " not in ln.text:
+                for kind, base, size in _BAR.findall(ln.text):
+                    ranges.append((kind, int(base, 16), int(base, 16) + int(size, 16)))
+        yield HostileBridge(vram, server, console), ranges, console, m
+        console.close()
+    server.close()
+    os.close(fd)
+
+
+def test_hostile_requests_get_exactly_the_policy(machine):
+    bridge, ranges, console, m = machine
+    mem_bars = [(b, e) for k, b, e in ranges if k != "io"]
+    vgpu_bar0 = 0xC0000000  # qboot path: the kernel's allocator starts here, ivshmem first
+    dangerous = [
+        (3, 8, 0xFFFFFFFFFFFFFFFF, 0),  # top of the address space: a + 1 wraps to 0
+        (3, 64, 0xFFFFFFFFFFFFFFF8, 0),
+        (1, 8, 0xFFFFFFFFFFFFFFFF, 0),  # a "port" that wraps
+        (2, 8, 0x100003F8, 0x41),  # COM1 plus garbage in the high bits
+        (4, 32, 0x1000, 0),  # page tables
+        (4, 64, 0x100000, 0),  # the kernel's own code
+        (3, 32, 0xFEE000B0, 0),  # the local APIC
+        (4, 32, vgpu_bar0 + 12, 0),  # the vGPU's own Doorbell
+        (2, 32, 0xCF8, 0x80000000),  # PCI configuration address
+        (3, 32, 0xB0000000, 0),  # ECAM
+        (0, 8, 0x3F8, 0),  # kind 0
+        (9, 8, 0x3F8, 0),  # kind out of range
+        (1, 12, 0x3F8, 0),  # width not a multiple of 8
+        (1, 64, 0x3F8, 0),  # 64-bit port access
+        (3, 24, DMA[0], 0),  # 3-byte MMIO
+        (3, 32, DMA[0] + 2, 0),  # misaligned
+        (3, 32, DMA[1] - 2, 0),  # straddles the end of the DMA window
+        (1, 8, 0x3FD, 0),  # COM1 line status: allowed
+        (3, 64, DMA[0], 0),  # DMA window: allowed
+        (4, 32, DMA[0] + 8, 0xDEADBEEF),
+    ]
+    rng = random.Random(1234)
+    fuzz = []
+    for _ in range(400):
+        kind = rng.choice([1, 2, 3, 4, 3, 3, rng.randrange(256)])
+        width = rng.choice([8, 16, 32, 64, rng.randrange(256)])
+        pick = rng.random()
+        if pick < 0.3 and mem_bars:
+            b, e = rng.choice(mem_bars)
+            addr = rng.randrange(b - 64, e + 64)
+        elif pick < 0.5:
+            addr = rng.randrange(DMA[0] - 64, DMA[1] + 64)
+        elif pick < 0.6:
+            addr = rng.randrange(0x3F0, 0x408)
+        else:
+            addr = rng.getrandbits(rng.choice([16, 32, 64]))
+        if kind in (2, 4) and not (DMA[0] <= addr < DMA[1]):
+            kind -= 1  # writes only into the DMA window: reads of devices are harmless
+        fuzz.append((kind % 256, width % 256, addr, rng.getrandbits(64)))
+    requests = dangerous + fuzz
+    answers = []
+    for i in range(0, len(requests), 50):
+        answers += bridge.post(requests[i : i + 50])
+    for req, rsp in zip(requests, answers, strict=True):
+        want = allowed_model(req[0], req[1], req[2], ranges)
+        assert rsp["status"] == (0 if want else 1), f"request {req}: got {rsp}"
+    assert answers[-3 - len(fuzz)]["value"] & 0x60  # the line-status read saw "empty"
+    # nonsense ring counters: the kernel serves nothing and carries on
+    bridge.v.put("req_head", (bridge.head + 1000) % (1 << 32))
+    bridge.s.interrupt_guest(0)
+    time.sleep(0.5)
+    assert bridge.v.get("rsp_head") == bridge.tail % (1 << 32)
+    bridge.v.put("req_head", bridge.head % (1 << 32))
+    assert len(bridge.post([(1, 8, 0x3FD, 0)])) == 1  # still serving
+    console.send_line("stats")
+    deadline = time.monotonic() + 10
+    while True:
+        ln = console.read_line(max(0.1, deadline - time.monotonic()))
+        assert ln is not None, "no answer to 'stats'"
+        assert not ln.text.startswith(("!EXC", "!PANIC")), ln.text
+        if ln.text.startswith("stats "):
+            break
+    assert m.poll() is None
