@@ -63,7 +63,8 @@ class MetricRule:
         return f"{self.better} is better; tolerance = max({', '.join(parts)})"
 
 
-# The metrics the nightly verdict watches.  GPU metrics get a rule here when they exist.
+# The metrics the nightly verdict watches; a new metric gets a rule here (and docs/nightly.md
+# its row, which tests/test_nightly_docs.py keeps equal).
 RULES: dict[str, MetricRule] = {
     r.metric: r
     for r in (
@@ -71,6 +72,34 @@ RULES: dict[str, MetricRule] = {
         MetricRule("cpu_idle", "higher", rel=0.0, abs=0.005, k=3.0, unit="", label="CPU idle"),
         MetricRule(
             "wakeups_per_s", "lower", rel=0.50, abs=5.0, k=3.0, unit="/s", label="idle wake-ups"
+        ),
+        # The virtual GPU (docs/vgpu.md): executor throughput and mailbox latency.
+        MetricRule(
+            "gpu.instructions_per_s",
+            "higher",
+            rel=0.25,
+            abs=0.0,
+            k=3.0,
+            unit="/s",
+            label="GPU instructions per second",
+        ),
+        MetricRule(
+            "gpu.dispatch_ms.p50",
+            "lower",
+            rel=0.25,
+            abs=0.5,
+            k=3.0,
+            unit="ms",
+            label="GPU dispatch time (median)",
+        ),
+        MetricRule(
+            "gpu.roundtrip_us.p50",
+            "lower",
+            rel=0.25,
+            abs=20.0,
+            k=3.0,
+            unit="µs",
+            label="mailbox round trip (median)",
         ),
     )
 }

@@ -173,3 +173,14 @@ def test_night_to_night_noise_widens_the_tolerance(nights):
         nights.night({K: [ok(75)]})
     c = one(nights, nights.night({K: [ok(88)]}))
     assert c.regression
+
+
+def test_gpu_throughput_drop_is_a_regression(nights):
+    g = ("gpu-compute", "q35-tcg-vgpu")
+    run = lambda ips: ("pass", {"boot_ms": 40.0, "gpu.instructions_per_s": ips})  # noqa: E731
+    nights.night({g: [run(2.0e6), run(2.1e6), run(1.9e6)]})
+    c = one(nights, nights.night({g: [run(1.2e6), run(1.25e6), run(1.15e6)]}))
+    (ips,) = [x for x in c.changes if x.metric == "gpu.instructions_per_s"]
+    assert ips.verdict == "regression" and c.regression
+    c = one(nights, nights.night({g: [run(1.3e6), run(1.2e6), run(1.25e6)]}))
+    assert not c.regression  # against the last passing night, within 25 %
