@@ -277,3 +277,22 @@ def test_interrupted_nightly_still_writes_its_report(hil):
     assert summary["keys"][0]["status"] == "interrupted"
     assert "INTERRUPTED" in (hil.results / "nightly" / "latest" / "summary.md").read_text()
     assert_no_leftovers(hil)
+
+
+def test_two_vgpu_runs_at_once_have_their_own_bridge_socket_and_vram(hil):
+    """The same vGPU scenario twice in parallel: one name, two machines, two bridges."""
+    r = hil("run", "scenarios/gpu-hello.yaml", "--repeat", "2", "-j", "2")
+    assert r.code == 0, r.out + r.err
+    assert len(r.run_dirs) == 2
+    sockets = set()
+    for d in r.run_dirs:
+        run = json.loads((d / "run.json").read_text())
+        argv = run["qemu"]["argv"]
+        chardevs = [argv[i + 1] for i, a in enumerate(argv) if a == "-chardev"]
+        (vgpu,) = [c for c in chardevs if c.startswith("socket,id=vgpu")]
+        sockets.add(vgpu.split("path=")[1])
+        assert (d / "trace.jsonl").is_file() and (d / "bridge.json").is_file()
+        assert run["gpu"]["metrics"]["gpu.instructions"] > 0
+        assert run["batch"]["repeat_index"] in (0, 1)
+    assert len(sockets) == 2 and not any(os.path.exists(s) for s in sockets)
+    assert not list(Path("/dev/shm").glob("*ivshmem*"))
