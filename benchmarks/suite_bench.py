@@ -75,7 +75,9 @@ def main() -> int:
     ap.add_argument("--trials", type=int, default=3)
     ap.add_argument("--repeat", type=int, default=3, help="--repeat given to the suite")
     ap.add_argument("--jobs", type=int, action="append", help="default: 1 and 2")
-    ap.add_argument("--suite", default="scenarios", help="scenario files or directory")
+    ap.add_argument(
+        "--suite", nargs="+", default=["scenarios"], help="scenario files or directories"
+    )
     args = ap.parse_args()
     jobs = args.jobs or [1, 2]
     env = {**os.environ, "PYTHONPATH": str(REPO), "CI": ""}
@@ -88,7 +90,7 @@ def main() -> int:
         f"load average before: {os.getloadavg()[0]:.2f}"
     )
     print(
-        f"suite: {args.suite} with each scenario's own profile, --repeat {args.repeat}; "
+        f"suite: {' '.join(args.suite)} with each scenario's own profile, --repeat {args.repeat}; "
         f"{args.trials} trials per row, median shown\n"
     )
     head = (
@@ -100,7 +102,7 @@ def main() -> int:
     ok = True
     with tempfile.TemporaryDirectory(prefix="hil-suite-bench-") as tmp:
         env["PXOS_HIL_CACHE"] = env.get("PXOS_HIL_CACHE") or str(Path(tmp) / "cache")
-        warm, code = run(["run", args.suite, "--no-history"], Path(tmp) / "warm", env)
+        warm, code = run(["run", *args.suite, "--no-history"], Path(tmp) / "warm", env)
         if code != 0:
             print(f"the suite does not pass here (exit {code}); fix that first")
             return 1
@@ -112,7 +114,7 @@ def main() -> int:
                 for _ in range(args.trials):
                     before = {p.parent for p in results.glob("*/*/run.json")}
                     wall, code = run(
-                        [command, args.suite, "-j", str(j), "--repeat", str(args.repeat)],
+                        [command, *args.suite, "-j", str(j), "--repeat", str(args.repeat)],
                         results,
                         env,
                     )
