@@ -296,3 +296,7 @@ def test_two_vgpu_runs_at_once_have_their_own_bridge_socket_and_vram(hil):
         assert run["batch"]["repeat_index"] in (0, 1)
     assert len(sockets) == 2 and not any(os.path.exists(s) for s in sockets)
     assert not list(Path("/dev/shm").glob("*ivshmem*"))
+    with History.at(hil.results) as h:
+        rows = h.recent("gpu-hello")
+    assert len(rows) == 2 and all(r.wgpu_adapter for r in rows)  # the executor's adapter
+    assert {r.metrics["gpu.instructions"] for r in rows} and all(r.outcome == "pass" for r in rows)
