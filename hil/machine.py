@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 
 from . import host
 from .errors import InfraError
+from .process import Lifetime, launcher, stop_group
 from .qmp import QmpDriver
 
 # Under KVM the guest gets the host's CPU model, minus IA32_ARCH_CAPABILITIES: nested KVM
@@ -108,7 +108,7 @@ def qemu_argv(cfg: MachineConfig, serial_path: str, qmp_path: str, log_path: Pat
     return argv + list(cfg.device_args) + list(cfg.extra_args)
 
 
-class QemuMachine:
+class QemuMachine(Lifetime):
     """Start/stop one QEMU.  Attributes once started: ``pid``, ``launched`` (monotonic),
     ``console_fd`` (pty master), ``qmp`` (QmpDriver), ``argv``."""
 
@@ -126,17 +126,6 @@ class QemuMachine:
         self.log_path = workdir / "qemu.log"
 
     # -- lifetime -------------------------------------------------------------
-    def __enter__(self) -> QemuMachine:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
     def start(self) -> None:
         self._sockdir = tempfile.mkdtemp(prefix="hil-")  # short path: sun_path is 108 bytes
         qmp_path = os.path.join(self._sockdir, "qmp.sock")
@@ -148,14 +137,11 @@ class QemuMachine:
 
         self.qmp = QmpDriver(self.cfg.name)
         self.qmp.listen(qmp_path)
-        launcher = []
-        if host.which("setpriv"):
-            launcher = [host.which("setpriv"), "--pdeathsig", "KILL", "--"]
         with self.stderr_path.open("wb") as err:
             self.launched = time.monotonic()
             try:
                 self.proc = subprocess.Popen(
-                    launcher + self.argv,
+                    launcher() + self.argv,
                     stdin=subprocess.DEVNULL,
                     stdout=err,
                     stderr=err,
@@ -228,15 +214,7 @@ class QemuMachine:
                 except InfraError:
                     pass
                 self.wait_exit(3)
-            for sig in (signal.SIGTERM, signal.SIGKILL):
-                if self.proc.poll() is not None:
-                    break
-                try:
-                    os.killpg(self.proc.pid, sig)
-                except ProcessLookupError:
-                    break
-                self.wait_exit(3)
-            status = self.proc.poll()
+            status = stop_group(self.proc)
         if self.qmp is not None:
             self.qmp.close()
             self.qmp = None

@@ -1,10 +1,11 @@
 ; microkernel/entry.asm -- the only assembly in the kernel: the two ways in
-; (BIOS and PVH) and the interrupt entry points.
+; (BIOS and PVH), the IDT and the interrupt entry points, and the few routines
+; that are smaller here than in C (kprintf's argument shim, copy, access).
 
 %include "longmode.inc"                 ; from boot/: shared with the boot sector
 
-extern  kmain, exception, vprint
-global  _start, isr_sled, irq_stub, kprintf, copy, access
+extern  kmain, qexit, vprint
+global  _start, idt_init, kprintf, copy, access
 
 ; --- BIOS path ------------------------------------------------------------
 ; The boot sector copies the image to 0x100000 and jumps to its first byte in
@@ -49,20 +50,51 @@ isr_sled:
 %endrep
 isr_common:
         push    33
-        pop     rdi
-.count: dec     edi
+        pop     rsi
+.count: dec     esi
         pop     rax
         cmp     rax, byte -1
-        je      .count
-        push    rax                     ; not ours: the error code or RIP
-        xor     esi, esi                ; error code: 0 unless the CPU pushed one
-        mov     eax, (1 << 8) | (7 << 10) | (3 << 13) | (1 << 17) | (1 << 21) | (3 << 29)
-        bt      eax, edi                ; #DF #TS #NP #SS #GP #PF #AC #CP #VC #SX
+        je      .count                  ; rax: not ours, the error code or RIP
+        xor     edx, edx                ; error code: 0 unless the CPU pushed one
+        mov     ecx, (1 << 8) | (7 << 10) | (3 << 13) | (1 << 17) | (1 << 21) | (3 << 29)
+        bt      ecx, esi                ; #DF #TS #NP #SS #GP #PF #AC #CP #VC #SX
         jnc     .noerr
-        pop     rsi
-.noerr: mov     rdx, [rsp]              ; RIP of the faulting instruction
-        mov     rcx, cr2
-        jmp     exception               ; C, never returns
+        xchg    rax, rdx
+        pop     rax
+.noerr: xchg    rax, rcx                ; RIP of the faulting instruction
+        mov     r8, cr2
+        ; The `!EXC` line (docs/console.md), then QEMU exits with 0x20 + v:
+        ; no exception may end in a silent triple fault.
+        push    rsi
+        mov     edi, exc_line
+        call    kprintf                 ; kprintf(exc_line, v, err, rip, cr2)
+        pop     rdi
+        add     edi, 0x20
+        jmp     qexit
+
+; --- idt_init(): point vectors 0-31 into the sled, 0x20-0x28 at irq_stub ----
+; 64-bit interrupt gates, 16 bytes each: offset 15:0 and selector 0x10
+; (64-bit code), then type 0x8E (present, DPL 0, interrupt gate) and offset
+; 31:16.  The kernel lives below 4 GiB, so the upper 8 bytes (offset 63:32)
+; stay 0 from .bss and scasq just steps over them.
+idt_init:
+        mov     edi, idt
+        mov     edx, isr_sled
+.gate:  movzx   eax, dx
+        or      eax, SEL_CODE64 << 16
+        stosd
+        mov     eax, edx
+        mov     ax, 0x8E00
+        stosd
+        scasq
+        add     edx, 2                  ; the next sled entry
+        cmp     edi, idt + 32 * 16
+        jb      .gate
+        mov     edx, irq_stub           ; from vector 0x20 on
+        cmp     edi, idt_end
+        jb      .gate
+        lidt    [rel idtr]
+        ret
 
 ; Hardware interrupts (PIC vectors 0x20-0x27, the vGPU's MSI-X 0x28).  The
 ; idle loop polls the devices after every wake-up, so an interrupt only has to
@@ -173,11 +205,16 @@ kprintf:
         section .rodata
         align   8
         PXOS_GDT gdt
+exc_line: db    "!EXC vec=%1 err=%1 rip=%1 cr2=%1", 10, 0
+idtr:   dw      idt_end - idt - 1
+        dq      idt
 
         section .bss
         align   16
         resb    4096
 stack_top:
+idt:    resb    0x29 * 16               ; exceptions, PIC 0x20-0x27, MSI-X 0x28 (vgpu_layout.h)
+idt_end:
 
 ; PVH page tables: six pages, outside .bss (the linker script puts them last;
 ; on the BIOS path a payload may overlay them).

@@ -14,7 +14,7 @@
 
 #define IVSHMEM 0x11101AF4  // 1af4:1110: QEMU's ivshmem, the vGPU when a bridge answers
 
-static u64 ecam;    // ECAM base; 0 = legacy ports
+static u32 ecam;    // ECAM base (below 4 GiB); 0 = legacy ports
 static u32 cur;     // the function we are looking at: bus << 8 | device << 3 | function
 static u32 old;     // what probe() found in the register before sizing it
 // Next free BAR address: [0] memory, above q35's ECAM window (0xB0000000,
@@ -26,7 +26,7 @@ static u32 next[2] = {0xC0000000, 0xC000};
 static volatile u32 *reg(u32 off)
 {
     if (ecam)
-        return (volatile u32 *)(ecam + (cur << 12) + off);
+        return (volatile u32 *)(u64)(ecam + (cur << 12) + off);
     outl(0xCF8, 0x80000000 | cur << 8 | off);   // device lands in bits 15:11
     return 0;
 }
@@ -61,13 +61,12 @@ static u64 align(u64 a, u64 n) { return (a + n - 1) & -n; }
 // Bridge windows have 1 MiB (memory) and 4 KiB (I/O) granularity.
 static void align_windows(void)
 {
-    next[0] = align(next[0], 1 << 20);
-    next[1] = align(next[1], 1 << 12);
+    next[0] = (next[0] + 0xFFFFF) & ~0xFFFFF;
+    next[1] = (next[1] + 0xFFF) & ~0xFFF;
 }
 
-static void ident(const char *tag)
+static void ident(const char *tag, u32 id)
 {
-    u32 id = cfg(0);
     kprintf("%s %2:%2.%1 %4:%4 %6", tag, (u64)cur >> 8, (u64)cur >> 3 & 31, (u64)cur & 7,
             (u64)id & 0xFFFF, (u64)id >> 16, (u64)cfg(8) >> 8);
 }
@@ -102,8 +101,8 @@ static void bridge(void)
 // enable MSI-X.  The table lives in the BAR its capability names.
 static void msix(const u64 *bar)
 {
-    for (u32 p = cfg(0x34) & 0xFC; p; p = cfg(p) >> 8 & 0xFC)
-        if ((cfg(p) & 0xFF) == 0x11) {
+    for (u32 p = cfg(0x34), c; (p &= 0xFC); p = c >> 8)
+        if ((u8)(c = cfg(p)) == 0x11) {
             u32 t = cfg(p + 4);                 // table offset | BAR index
             volatile u32 *e = (void *)(bar[t & 7] + (t & ~7));
             e[0] = 0xFEE00000;                  // message address: APIC ID 0
@@ -117,16 +116,17 @@ static void msix(const u64 *bar)
 
 // One function: its `pci` line with every BAR (placing unassigned ones), and
 // a `gpu` line for display controllers (class 03).  Every BAR goes to the
-// privilege broker's list -- except the vGPU's own.  type: header type 0 or 1.
-static void function(u32 type)
+// privilege broker's list -- except the vGPU's own.  id: vendor and device
+// ID (config 0); type: header type 0 or 1.
+static void function(u32 id, u32 type)
 {
-    u32 cmd = cfg(4), ok = 1, id = cfg(0);
-    u64 bar[6] = {0}, bar_size[6] = {0};
+    u32 cmd = cfg(4), on = 7;       // on: I/O + memory decode, bus master
+    static u64 bar[6], bar_size[6];  // this function's BARs (0: none), for the vGPU
     cfg_set(4, cmd & ~3);           // decode off while BARs hold all-ones
-    ident("pci");
+    ident("pci", id);
     for (u32 off = 0x10; off < (type ? 0x18 : 0x28); off += 4) {   // a bridge has two BARs
         u64 size = probe(off), lo = old;
-        int io = lo & 1, wide = (lo & 7) == 4;      // wide: 64-bit memory BAR
+        u32 io = lo & 1, wide = (lo & 7) == 4;      // wide: 64-bit memory BAR
         size &= io ? ~3 : ~15;
         u64 base = lo & (io ? ~3 : ~15);
         if (wide) {
@@ -138,7 +138,7 @@ static void function(u32 type)
             if (!base) {            // unassigned: place it (a 64-bit BAR's high half stays 0)
                 base = align(next[io], size);
                 if (base + size > (io ? 0x10000 : 0xFEC00000)) {
-                    ok = base = 0;  // no room: leave it, and decoding, off
+                    on = base = 0;  // no room: leave it, and decoding, off
                 } else {
                     next[io] = base + size;
                     cfg_set(off, base);
@@ -146,21 +146,21 @@ static void function(u32 type)
             }
             kprintf(" bar%1=%s%s:%1/%1", (u64)(off - 0x10) / 4, io ? "io" : wide ? "m64" : "m32",
                     (lo & 9) == 8 ? "p" : "", base, size);
-            bar[(off - 0x10) / 4] = base;
-            bar_size[(off - 0x10) / 4] = size;
             if (id != IVSHMEM)
                 broker_allow(base, size, io);
         }
+        bar[(off - 0x10) / 4] = base;
+        bar_size[(off - 0x10) / 4] = size;
         off += 4 * wide;
     }
-    cfg_set(4, ok ? cmd | 7 : cmd); // I/O + memory decode, bus master
+    cfg_set(4, cmd | on);
     kputc('\n');
-    if (id == IVSHMEM && ok) {
+    if (id == IVSHMEM && on) {
         msix(bar);
         vgpu_attach(bar[0], bar[2], bar_size[2]);
     }
     if (cfg(8) >> 24 == 3) {
-        ident("gpu");
+        ident("gpu", id);
         kputc('\n');
     }
     if (type == 1)
@@ -169,14 +169,15 @@ static void function(u32 type)
 
 static void scan_bus(u32 bus)
 {
-    for (u32 bdf = bus << 8; bdf < (bus + 1) << 8; bdf++) {
+    u32 bdf = bus << 8;
+    do {
         cur = bdf;
-        u32 hdr = 0;                        // absent: treated as single-function
-        if ((u16)cfg(0) != 0xFFFF)          // vendor ID: is anybody there?
-            function((hdr = cfg(0x0C) >> 16) & 0x7F);   // header type; bit 7: multi-function
+        u32 hdr = 0, id = cfg(0);           // absent: treated as single-function
+        if ((u16)id != 0xFFFF)              // vendor ID: is anybody there?
+            function(id, (hdr = cfg(0x0C) >> 16) & 0x7F);   // header type; bit 7: multi-function
         if (!(bdf & 7) && !(hdr & 0x80))
             bdf += 7;                       // no function 0, or single-function: skip 1-7
-    }
+    } while (++bdf & 0xFF);                 // until device 31, function 7
 }
 
 void pci_scan(void)

@@ -45,14 +45,14 @@ void kputs(const char *s)
         kputc(*s++);
 }
 
-// Hex, at least `width` digits (width 1: no leading zeros).
+// Hex, at least `width` digits (width 1: no leading zeros): the higher
+// digits first, by recursion (at most 16 deep).
 static void hex(u64 v, int width)
 {
-    for (int s = 60; s >= 0; s -= 4)
-        if (v >> s || s < 4 * width) {
-            u8 d = v >> s & 15;
-            kputc(d + (d < 10 ? '0' : 'a' - 10));
-        }
+    if (v >> 4 || width > 1)
+        hex(v >> 4, width - 1);
+    u8 d = v & 15;
+    kputc(d + (d < 10 ? '0' : 'a' - 10));
 }
 
 // The printf of this kernel: "%s" is a string, "%N" (N a digit) a number in

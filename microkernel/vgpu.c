@@ -12,12 +12,17 @@
 
 #define N VG_RING_ENTRIES
 
-static struct range { u64 base, end; u32 io; } allow[32];   // filled by pci.c
+// BARs the GPU may touch, from pci.c.  A size fits 32 bits (memory ones end
+// below 4 GiB) and is at least the widest access of its kind (I/O BARs are
+// 4 bytes or more, memory BARs 16): allowed() relies on both.
+static struct range { u64 base; u32 size, io; } allow[32];
 static u32 nallow;
 static volatile struct vg_header *vh;      // VRAM (BAR2); 0: no vGPU
-static u64 vram;                           // its size, from PCI
+static u64 heap;                           // half its size (from PCI): where the heap starts
 static volatile u32 *doorbell;             // BAR0 + 12
-static u32 req_tail, rsp_head, evt_head, reported;
+// Requests consumed = responses posted: one response per request, so
+// req_tail also indexes the response ring and is what rsp_head publishes.
+static u32 req_tail, evt_head, reported;
 u64 served, wakes;
 
 // The rings sit at offsets fixed by the layout version (vgpu_layout.h): we
@@ -28,9 +33,10 @@ u64 served, wakes;
 
 void broker_allow(u64 base, u64 size, int io)
 {
-    // A BAR above the 4 GiB identity map could not be touched without a fault.
-    if (nallow < 32 && (io || base + size <= 1UL << 32))
-        allow[nallow++] = (struct range){base, base + size, io};
+    // A BAR above the 4 GiB identity map could not be touched without a
+    // fault; base 0 is a BAR pci.c found no room for (it decodes nothing).
+    if (nallow < 32 && base && (io || (base + size - 1) >> 32 == 0))
+        allow[nallow++] = (struct range){base, size, io};
 }
 
 // BARs 0 (registers; Doorbell at 12) and 2 (VRAM).  A bridge writes its magic
@@ -41,7 +47,7 @@ void vgpu_attach(u64 bar0, u64 bar2, u64 size)
     if (size < VG_MIN_VRAM || h->magic != VG_MAGIC || h->version != VG_VERSION)
         return;
     vh = h;
-    vram = size;
+    heap = size / 2;
     doorbell = (volatile u32 *)(bar0 + 12);
 }
 
@@ -52,40 +58,40 @@ static void ring(void) { *doorbell = VG_MSIX_VECTOR; }   // peer 0 (the bridge) 
 // at half the VRAM.
 void vgpu_start(const struct vg_payload *p, u64 size)
 {
-    if (!vh || !size)
+    volatile struct vg_header *h = vh;
+    if (!h || !size)
         return;
     u64 bytes = (u64)p->pixels * 4;
     if (p->magic != VG_PAYLOAD_MAGIC || size < sizeof *p + bytes
-        || bytes > vram / 2 - VG_PROG_OFF) {
+        || bytes > heap - VG_PROG_OFF) {
         kputs("!PANIC payload\n");
         qexit(0x1F);
     }
-    copy((u8 *)vh + VG_PROG_OFF, p + 1, bytes);
-    copy(&vh->prog_width, &p->width, 5 * 4);    // width, pixels, entry, threads, memory
-    vh->heap_phys = (u64)vh + vram / 2;
-    vh->dma_base = VG_DMA_BASE;
-    vh->dma_size = VG_DMA_SIZE;
-    vh->state = VG_STATE_START;
+    copy((u8 *)h + VG_PROG_OFF, p + 1, bytes);
+    copy(&h->prog_width, &p->width, 5 * 4);     // width, pixels, entry, threads, memory
+    h->heap_phys = (u64)h + heap;
+    h->dma_base = VG_DMA_BASE;
+    h->dma_size = VG_DMA_SIZE;
+    h->state = VG_STATE_START;
     ring();
     kputs("@gpu start\n");
 }
 
 // May the GPU make this access?  Widths: 8/16/32 bits for ports, up to 64
 // for MMIO (the bit masks below: 1 << bytes for 1, 2, 4, 8), MMIO naturally
-// aligned.  Kinds: 1 port in, 2 port out, 3 MMIO read, 4 MMIO write.
+// aligned.  Kinds: 1 port in, 2 port out, 3 MMIO read, 4 MMIO write.  The
+// range test is a - base <= size - bytes: no sum that could wrap around.
 static int allowed(u32 kind, u32 width, u64 a)
 {
     u32 bytes = width / 8, io = kind <= VG_KIND_PORT_OUT;
-    // Ports are 16-bit and everything MMIO may reach lies below the 4 GiB
-    // identity map: refusing larger addresses first also means a + bytes
-    // below cannot wrap around (0xFFFFFFFFFFFFFFFF + 1 would pass the checks).
-    if (!kind || kind > VG_KIND_MMIO_WRITE || a >> (io ? 16 : 32) || width & 7
-        || !((io ? 0x16 : 0x116) >> bytes & 1) || (!io && a & (bytes - 1)))
+    if (!kind || kind > VG_KIND_MMIO_WRITE || width & 7 || !((io ? 0x16 : 0x116) >> bytes & 1)
+        || (!io && a & (bytes - 1)))
         return 0;
-    int ok = io ? a >= COM1 && a + bytes <= COM1 + 8
-                : a >= VG_DMA_BASE && a + bytes <= VG_DMA_BASE + VG_DMA_SIZE;
-    for (u32 i = 0; i < nallow; i++)
-        ok |= allow[i].io == io && a >= allow[i].base && a + bytes <= allow[i].end;
+    // Ranges as "a - base <= size - bytes": unlike "a + bytes <= end", this
+    // cannot wrap (a = 0xFFFFFFFFFFFFFFFF, bytes = 1 once passed and faulted).
+    int ok = io ? a - COM1 <= 8 - bytes : a - VG_DMA_BASE <= VG_DMA_SIZE - bytes;
+    for (struct range *r = allow; r < allow + nallow; r++)
+        ok |= r->io == io && a - r->base <= r->size - bytes;
     return ok;
 }
 
@@ -94,25 +100,25 @@ void vgpu_poll(void)
 {
     if (!vh)
         return;
-    u32 head = vh->req_head, n = 0;
+    u32 head = vh->req_head;
     if (head - req_tail > N)
         head = req_tail;                    // nonsense from the other side: serve nothing
-    for (; req_tail != head; req_tail++, n++) {
-        volatile struct vg_request *e = &RQ[req_tail % N];
-        volatile struct vg_response *r = &RS[rsp_head++ % N];
-        u32 kind = e->kind, width = e->width;
-        u64 a = e->addr;
-        int ok = allowed(kind, width, a);
-        r->seq = e->seq;
-        r->value = ok ? access(kind, width / 8, a, e->value) : 0;
-        r->status = !ok;                    // VG_STATUS_OK 0, VG_STATUS_DENY 1
-        if (!ok)
-            kprintf("!DENY kind=%1 addr=%1 width=%1\n", (u64)kind, a, (u64)width);
-    }
-    if (n) {
-        served += n;
+    if (head != req_tail) {
+        served += head - req_tail;
+        for (; req_tail != head; req_tail++) {
+            volatile struct vg_request *e = &RQ[req_tail % N];
+            volatile struct vg_response *r = &RS[req_tail % N];
+            u32 kind = e->kind, width = e->width;
+            u64 a = e->addr;
+            int ok = allowed(kind, width, a);
+            r->seq = e->seq;
+            r->value = ok ? access(kind, width / 8, a, e->value) : 0;
+            r->status = !ok;                // VG_STATUS_OK 0, VG_STATUS_DENY 1
+            if (!ok)
+                kprintf("!DENY kind=%1 addr=%1 width=%1\n", (u64)kind, a, (u64)width);
+        }
         vh->req_tail = req_tail;            // publish after the entries (x86 keeps store order)
-        vh->rsp_head = rsp_head;
+        vh->rsp_head = req_tail;
         ring();
     }
     u32 state = vh->state;

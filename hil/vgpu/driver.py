@@ -21,13 +21,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from .. import host
 from ..errors import InfraError
+from ..process import Lifetime, launcher, stop_group
 
 READY_TIMEOUT = 30.0
 
 
-class BridgeProcess:
+class BridgeProcess(Lifetime):
     def __init__(self, run_dir: Path, vram_size: int, backend: str, budget: int):
         self.run_dir = run_dir
         self.vram_size = vram_size
@@ -38,23 +38,9 @@ class BridgeProcess:
         self.socket = ""
         self.status: int | None = None
 
-    def __enter__(self) -> BridgeProcess:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
     def start(self) -> None:
         self.sockdir = tempfile.mkdtemp(prefix="hil-vgpu-")
         self.socket = os.path.join(self.sockdir, "ivshmem.sock")
-        launcher = (
-            [host.which("setpriv"), "--pdeathsig", "KILL", "--"] if host.which("setpriv") else []
-        )
         argv = [
             sys.executable,
             "-m",
@@ -78,7 +64,7 @@ class BridgeProcess:
         }
         with (self.run_dir / "bridge.stderr").open("wb") as err:
             self.proc = subprocess.Popen(
-                launcher + argv,
+                launcher() + argv,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=err,
@@ -130,18 +116,8 @@ class BridgeProcess:
     def stop(self) -> int | None:
         """SIGTERM (the bridge writes its final records), SIGKILL if it hangs; idempotent."""
         if self.proc is not None:
-            if self.proc.poll() is None:
-                for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
-                    try:
-                        os.killpg(self.proc.pid, sig)
-                    except ProcessLookupError:
-                        break
-                    try:
-                        self.proc.wait(wait)
-                        break
-                    except subprocess.TimeoutExpired:
-                        continue
-            self.status = self.proc.poll()
+            # a dispatch may be running: give it time to end and the records to be written
+            self.status = stop_group(self.proc, ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)))
             if self.proc.stdout:
                 self.proc.stdout.close()
             self.proc = None
