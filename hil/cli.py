@@ -30,41 +30,248 @@ def _scenario_files(args: list[str]) -> list[Path]:
     return out
 
 
-def _load_all(paths: list[str], profile: str | None):
+def _load_all(paths: list[str], profile: str | list[str] | None):
+    """Scenario files x profiles (a list: the matrix; None: each scenario's own)."""
     from .errors import UserError
     from .plan import make_plan
     from .scenario import load_scenario
 
+    profiles = profile if isinstance(profile, list) else [profile]
     scenarios, problems = [], []
-    for path in _scenario_files(paths):
-        try:
-            sc = load_scenario(path, profile)
-            make_plan(sc)  # e.g. assembles the GPU program: its mistakes are input errors too
-            scenarios.append(sc)
-        except ValidationError as e:
-            problems += e.problems
-        except UserError as e:
-            problems.append(f"{path}: {e}")
+    files = list(dict.fromkeys(p.resolve() for p in _scenario_files(paths)))
+    for path in files:
+        for prof in list(dict.fromkeys(profiles)) or [None]:
+            try:
+                sc = load_scenario(path, prof)
+                make_plan(sc)  # e.g. assembles the GPU program: its mistakes are input errors too
+                scenarios.append(sc)
+            except ValidationError as e:
+                problems += [p for p in e.problems if p not in problems]
+            except UserError as e:
+                if f"{path}: {e}" not in problems:
+                    problems.append(f"{path}: {e}")
+    seen: dict[tuple[str, str], Path] = {}
+    for sc in scenarios:
+        key = (sc.name, sc.profile.name)
+        if key in seen and seen[key] != sc.path:
+            problems.append(
+                f"{sc.path}: the scenario name {sc.name!r} is also the name of {seen[key]}. "
+                "Runs are filed (results/<name>/, the history) and compared by name and "
+                "profile, so give one of them another `name:`."
+            )
+        seen.setdefault(key, sc.path)
     if problems:
         raise ValidationError(problems)
     return scenarios
 
 
 def cmd_run(ns: argparse.Namespace) -> int:
+    from .batch import Batch, BatchOptions, summary_lines
     from .progress import Progress
-    from .runner import RunOptions, run_scenario
-    from .verdict import EXIT_CODES, worst
+    from .runner import RunOptions
+    from .verdict import EXIT_CODES
 
     scenarios = _load_all(ns.scenarios, ns.profile)
     opts = RunOptions(results_root=Path(ns.results).resolve(), keep_disks=ns.keep_disks)
-    progress = Progress.auto(quiet=ns.quiet)
-    outcomes = []
-    for sc in scenarios:
-        record = run_scenario(sc, opts, progress)
-        outcomes.append(record.verdict.outcome)
-        if record.verdict.outcome == "interrupted":
-            break
-    return EXIT_CODES[worst(outcomes)]
+    mode = Progress.auto(quiet=ns.quiet).mode
+    bopts = BatchOptions(
+        jobs=ns.jobs,
+        repeat=ns.repeat,
+        retries=ns.retries,
+        record_history=not ns.no_history,
+        argv=["hil", *sys.argv[1:]],
+    )
+    result = Batch(scenarios, opts, bopts, mode).run()
+    if len(result.groups) > 1 or ns.repeat > 1 or any(g.retries for g in result.groups):
+        print("\n" + "\n".join(summary_lines(result)))
+    return EXIT_CODES[result.outcome]
+
+
+def cmd_nightly(ns: argparse.Namespace) -> int:
+    from .batch import BatchOptions
+    from .nightly import NightlyOptions, run_nightly
+    from .progress import Progress
+    from .runner import RunOptions
+
+    scenarios = _load_all(ns.scenarios or [str(REPO / "scenarios")], ns.profile)
+    opts = RunOptions(results_root=Path(ns.results).resolve(), keep_disks=ns.keep_disks)
+    bopts = BatchOptions(
+        jobs=ns.jobs, repeat=ns.repeat, retries=ns.retries, argv=["hil", *sys.argv[1:]]
+    )
+    mode = Progress.auto(quiet=ns.quiet).mode
+    return run_nightly(scenarios, opts, bopts, NightlyOptions(nights=ns.nights), mode).exit_code
+
+
+def cmd_history(ns: argparse.Namespace) -> int:
+    from .history import FILENAME, History
+
+    root = Path(ns.results).resolve()
+    if not (root / FILENAME).exists():
+        print(
+            f"hil: no run history at {root / FILENAME} yet; `hil run` and `hil nightly` "
+            "record every run there.",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
+    with History.at(root) as h:
+        rows = h.recent(ns.scenario, ns.profile, limit=ns.limit)
+        if not rows:
+            known = [r[0] for r in h.db.execute("SELECT DISTINCT scenario FROM runs ORDER BY 1")]
+            where = f" with profile {ns.profile}" if ns.profile else ""
+            print(
+                f"hil: no runs of {ns.scenario!r}{where} in {root / FILENAME}. Recorded "
+                f"scenarios: {', '.join(known) or 'none yet (run `hil run` first)'}.",
+                file=sys.stderr,
+            )
+            return EXIT_INVALID
+    head = (
+        "started (UTC)",
+        "profile",
+        "outcome",
+        "boot_ms",
+        "cpu_idle",
+        "total_s",
+        "commit",
+        "batch",
+        "run",
+    )
+    table = [head]
+    for r in rows:
+        m = r.metrics
+        outcome = (
+            r.outcome
+            + (" (flaky)" if r.flaky else "")
+            + (f" (try {r.attempt})" if r.attempt > 1 else "")
+        )
+        table.append(
+            (
+                r.started_at[:19].replace("T", " "),
+                r.profile,
+                outcome,
+                f"{m['boot_ms']:.1f}" if "boot_ms" in m else "-",
+                f"{m['cpu_idle'] * 100:.2f} %" if "cpu_idle" in m else "-",
+                f"{r.total_s:.2f}" if r.total_s is not None else "-",
+                (r.git_commit or "?")[:8],
+                r.batch_id or "-",
+                _relpath(r.run_dir),
+            )
+        )
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(head))]
+    for row in table:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return EXIT_PASS
+
+
+def cmd_baseline(ns: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from .history import FILENAME, History
+
+    root = Path(ns.results).resolve()
+    if not (root / FILENAME).exists():
+        print(
+            f"hil: no run history at {root / FILENAME} yet; nothing to pin or show.",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
+    with History.at(root) as h:
+        if ns.action == "pin":
+            run = h.run_by_dir_or_id(ns.run)
+            if run is None or run.batch_id is None:
+                print(
+                    f"hil: {ns.run!r} is not a recorded run (give a run directory, e.g. "
+                    "results/boot/20261121T030000Z-1a2b, or its unique id; `hil history "
+                    "SCENARIO` lists them).",
+                    file=sys.stderr,
+                )
+                return EXIT_INVALID
+            now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+            h.pin(run.scenario, run.profile, run.batch_id, now, ns.note or "")
+            print(f"pinned: {run.scenario} [{run.profile}] compares with batch {run.batch_id}")
+        elif ns.action == "unpin":
+            n = h.unpin(ns.scenario, ns.profile)
+            print(f"unpinned {n} baseline{'s' * (n != 1)}; the last passing nightly is used")
+        else:
+            pins = h.pins()
+            if not pins:
+                print("no pinned baselines: each key compares with its last passing nightly")
+            for scenario, profile, batch, when, note in pins:
+                print(f"{scenario} [{profile}] -> {batch} (pinned {when}) {note}".rstrip())
+    return EXIT_PASS
+
+
+def _relpath(p: str) -> str:
+    try:
+        return str(Path(p).relative_to(Path.cwd()))
+    except ValueError:
+        return p
+
+
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return n
+
+
+def _count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 0")
+    return n
+
+
+def _batch_args(p: argparse.ArgumentParser, repeat: int = 1) -> None:
+    p.add_argument(
+        "--profile",
+        action="append",
+        help="run on this machine profile instead of the scenario's; give it several "
+        "times for a matrix (every scenario on every profile)",
+    )
+    p.add_argument(
+        "-j",
+        "--jobs",
+        type=_positive_int,
+        default=1,
+        help="runs at once, each in its own process and QEMU (default 1)",
+    )
+    p.add_argument(
+        "--repeat",
+        type=_positive_int,
+        default=repeat,
+        help="run each scenario/profile N times; metrics are reported as medians and spread "
+        f"(default {repeat})",
+    )
+    p.add_argument(
+        "--retries",
+        type=_count,
+        default=1,
+        help="re-run a run that ended in an infrastructure error up to N times (default 1); "
+        "test failures are never retried; a pass on retry is marked flaky",
+    )
+    p.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=bool(os.environ.get("CI")),
+        help="print only verdicts (the default when $CI is set)",
+    )
+    p.add_argument(
+        "--results",
+        default=str(REPO / "results"),
+        help="results root directory (default: results/ in the repository)",
+    )
+    p.add_argument(
+        "--keep-disks",
+        action="store_true",
+        help="keep per-run disk images in the results directory",
+    )
 
 
 def cmd_validate(ns: argparse.Namespace) -> int:
@@ -142,25 +349,61 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SCENARIO",
         help="scenario YAML files or directories of them",
     )
-    r.add_argument("--profile", help="use this machine profile instead of the scenario's")
+    _batch_args(r)
     r.add_argument(
-        "-q",
-        "--quiet",
+        "--no-history",
         action="store_true",
-        default=bool(os.environ.get("CI")),
-        help="print only verdicts (the default when $CI is set)",
-    )
-    r.add_argument(
-        "--results",
-        default=str(REPO / "results"),
-        help="results root directory (default: results/ in the repository)",
-    )
-    r.add_argument(
-        "--keep-disks",
-        action="store_true",
-        help="keep per-run disk images in the results directory",
+        help="do not record these runs in the history database (results/history.sqlite)",
     )
     r.set_defaults(func=cmd_run)
+
+    n = sub.add_parser(
+        "nightly",
+        help="run the suite, compare with the baseline, write results/nightly/<date>/",
+        description="Run every scenario (default: scenarios/), record the runs, compare each "
+        "scenario/profile with its previous run and baseline, and write summary.md, "
+        "report.html, junit.xml and summary.json. Exit status: 0 no regression, 1 a "
+        "regression, 3 an infrastructure error, 130 interrupted (docs/nightly.md).",
+    )
+    n.add_argument(
+        "scenarios",
+        nargs="*",
+        metavar="SCENARIO",
+        help="scenario files or directories (default: scenarios/)",
+    )
+    _batch_args(n, repeat=3)
+    n.add_argument(
+        "--nights",
+        type=_positive_int,
+        default=14,
+        help="nights shown in the trend plots (default 14)",
+    )
+    n.set_defaults(func=cmd_nightly)
+
+    h = sub.add_parser("history", help="recent runs of a scenario, from the history database")
+    h.add_argument("scenario", metavar="SCENARIO", help="scenario name (its `name:`)")
+    h.add_argument("--profile", help="only runs on this profile")
+    h.add_argument(
+        "-n",
+        "--limit",
+        type=_positive_int,
+        default=20,
+        help="how many runs, newest first (default 20)",
+    )
+    h.add_argument("--results", default=str(REPO / "results"), help="results root directory")
+    h.set_defaults(func=cmd_history)
+
+    b = sub.add_parser("baseline", help="pin or unpin the baseline a scenario compares with")
+    b.add_argument("--results", default=str(REPO / "results"), help="results root directory")
+    bsub = b.add_subparsers(dest="action", required=True, metavar="ACTION")
+    bp = bsub.add_parser("pin", help="compare this run's scenario/profile with its batch")
+    bp.add_argument("run", metavar="RUN", help="a run directory or run id")
+    bp.add_argument("--note", help="why (shown by `hil baseline show`)")
+    bu = bsub.add_parser("unpin", help="back to the last passing nightly")
+    bu.add_argument("scenario", metavar="SCENARIO")
+    bu.add_argument("--profile", help="only this profile (default: all)")
+    bsub.add_parser("show", help="list pinned baselines")
+    b.set_defaults(func=cmd_baseline)
 
     v = sub.add_parser("validate", help="check scenario files without running anything")
     v.add_argument("scenarios", nargs="+", metavar="SCENARIO")

@@ -137,6 +137,10 @@ class QemuMachine(Lifetime):
 
         self.qmp = QmpDriver(self.cfg.name)
         self.qmp.listen(qmp_path)
+        # QEMU's own temporary files (the snapshot=on overlay of the boot disk) go to
+        # the private directory too: per run, and removed with it even when QEMU is
+        # killed before it could delete them (a stop during its start-up).
+        env = {**os.environ, "TMPDIR": self._sockdir}
         with self.stderr_path.open("wb") as err:
             self.launched = time.monotonic()
             try:
@@ -147,6 +151,7 @@ class QemuMachine(Lifetime):
                     stderr=err,
                     start_new_session=True,
                     close_fds=True,
+                    env=env,
                 )
             except OSError as e:
                 raise InfraError(f"cannot start QEMU ({self.argv[0]}): {e}") from None

@@ -1,4 +1,5 @@
-"""Results on disk: results/<scenario>/<run-id>/ (layout: docs/results.md).
+"""Results on disk: results/<scenario>/<run-id>/, results/history.sqlite and
+results/nightly/<date>/ (layout: docs/results.md, docs/nightly.md).
 
 Only this module knows the layout.  Writers are plain functions over plain data, so
 anything that produced a run (hil run, the pytest plugin, nightly) writes the same files.
@@ -7,6 +8,7 @@ anything that produced a run (hil run, the pytest plugin, nightly) writes the sa
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import os
 import platform
@@ -36,7 +38,11 @@ def new_run_dir(root: Path, scenario: str) -> tuple[str, Path]:
             continue
 
 
+@functools.cache
 def git_info(repo: Path = REPO) -> dict:
+    """The commit that ran, asked once per process: every run of one command (a batch,
+    a pytest session) is attributed to the commit the command started on."""
+
     def git(*args: str) -> str | None:
         try:
             p = subprocess.run(
@@ -125,3 +131,51 @@ def write_junit(path: Path, run: dict) -> None:
     for k, v in counts.items():
         suite.set(k, str(v))
     ET.ElementTree(suite).write(path, encoding="utf-8", xml_declaration=True)
+
+
+def read_run(run_dir: Path) -> dict:
+    """run.json of a run directory."""
+    return json.loads((Path(run_dir) / "run.json").read_text())
+
+
+def annotate(run_dir: Path, key: str, value) -> dict:
+    """Add (or replace) one top-level key of a finished run's run.json; returns the data.
+    Used for facts known only after the run: its place in a batch, retries, flakiness."""
+    data = read_run(run_dir)
+    data[key] = value
+    write_json(Path(run_dir) / "run.json", data)
+    return data
+
+
+HISTORY_FILE = "history.sqlite"
+
+
+def history_path(root: Path) -> Path:
+    """The run history database of a results root (hil.history)."""
+    return Path(root) / HISTORY_FILE
+
+
+def link_latest_nightly(report_dir: Path) -> None:
+    """results/nightly/latest -> the newest report directory (replaced atomically)."""
+    link = report_dir.parent / "latest"
+    tmp = report_dir.parent / f".latest-{os.getpid()}"
+    try:
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(report_dir.name)
+        os.replace(tmp, link)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+
+
+def nightly_dir(root: Path, date: str) -> Path:
+    """results/nightly/<date>/ (a second nightly on one date gets <date>.2, ...)."""
+    base = Path(root) / "nightly"
+    base.mkdir(parents=True, exist_ok=True)
+    n = 1
+    while True:
+        path = base / (date if n == 1 else f"{date}.{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            n += 1

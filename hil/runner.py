@@ -83,9 +83,11 @@ def run_scenario(scenario: Scenario, opts: RunOptions, progress: Progress) -> Ru
             if plan.gpu is not None:
                 # The bridge listens before QEMU starts and is stopped after it (LIFO).
                 o = plan.gpu.options
+                t_gpu = time.monotonic()
                 bridge = stack.enter_context(
                     BridgeProcess(run_dir, plan.gpu.vram, o.backend, o.budget)
                 )
+                data["durations"]["gpu_start_s"] = round(time.monotonic() - t_gpu, 3)
                 cfg = dataclasses.replace(
                     cfg, device_args=cfg.device_args + tuple(bridge.qemu_args())
                 )
@@ -118,7 +120,9 @@ def run_scenario(scenario: Scenario, opts: RunOptions, progress: Progress) -> Ru
             if bridge is not None:
                 bridge.stop()
         if bridge is not None:
+            t_check = time.monotonic()
             verdict = gpu_results(plan, run_dir, bridge.stats(), console, verdict, data)
+            data["durations"]["gpu_check_s"] = round(time.monotonic() - t_check, 3)
     except KeyboardInterrupt:
         verdict = Verdict(
             INTERRUPTED,

@@ -162,7 +162,7 @@ def test_missing_qemu_is_an_infrastructure_error(hil, tmp_path):
         if shutil.which(tool):
             os.symlink(shutil.which(tool), bindir / tool)
     sc = hil.scenario("profile: q35-tcg-bios\n" + BOOT_STEPS)
-    r = hil("run", str(sc), env={**hil.env, "PATH": str(bindir)})
+    r = hil("run", str(sc), "--retries", "0", env={**hil.env, "PATH": str(bindir)})
     assert r.code == 3, r.out + r.err
     assert "ERROR" in r.out and "qemu-system-x86_64 is not installed" in r.out
     assert "qemu-system-x86" in r.out  # the package to install

@@ -163,9 +163,9 @@ def test_runaway_program_times_out_with_thread_positions(hil):
     assert "t1 pc " in reason
 
 
-def _start(hil, sc: Path) -> subprocess.Popen:
+def _start(hil, sc: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
-        hil.cmd("run", str(sc), "--results", str(hil.results)),
+        hil.cmd("run", str(sc), *extra, "--results", str(hil.results)),
         cwd=REPO,
         env=hil.env,
         stdout=subprocess.PIPE,
@@ -194,7 +194,7 @@ def test_bridge_death_is_an_infrastructure_error(hil):
   - idle: 30
 """,
     )
-    p = _start(hil, sc)
+    p = _start(hil, sc, "--retries", "0")  # this run's own error, not the retry's
     run_dir = _wait_for(lambda: next(hil.results.glob(f"{sc.stem}/*"), None))
     _wait_for(
         lambda: (
