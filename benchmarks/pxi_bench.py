@@ -191,6 +191,50 @@ def bench_matmul(n: int, backends: list[str], tiles: list[str], seconds: float, 
             )
 
 
+def bench_breakdown(n: int, rng) -> None:
+    """Where a run()'s time goes for one deferred matmul (auto tile), medians in ms: the
+    whole run(2), one kernel dispatch + sync, back-to-back kernels (one compute pass, or
+    one submission each), a 4-byte readback (sync), the step-count readback and one
+    interpreter dispatch with its staged readback."""
+    prog, a, _, _ = matmul_program(n, rng)
+    ex = create("wgpu", prog, 1, 2 * n * n * 4, inline_work=0)
+    ex.write_memory(0, a.tobytes())
+    ex.run(6)
+
+    def med(f, reps=20):
+        ts = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            f()
+            ts.append(time.perf_counter() - t0)
+        return sorted(ts)[len(ts) // 2] * 1e3
+
+    def one():
+        ex.matmul_kernel(n * n * 4, 0, prog.width, n)
+        ex.sync()
+
+    def separate(k=10):
+        for _ in range(k):
+            ex.matmul_kernel(n * n * 4, 0, prog.width, n)
+        ex.sync()
+
+    def one_pass(k=10):
+        ex.matmul_kernel(n * n * 4, 0, prog.width, n, repeat=k)
+        ex.sync()
+
+    parts = {
+        "run(2)": med(lambda: ex.run(2)),
+        "1 kernel + sync": med(one),
+        "back-to-back, one pass": med(one_pass, 5) / 10,
+        "back-to-back, one submit each": med(separate, 5) / 10,
+        "sync (4-byte readback)": med(ex.sync),
+        "step-count readback": med(ex._steps_sum),
+        "interpreter dispatch + readback": med(lambda: ex._dispatch(0)),
+    }
+    for what, ms in parts.items():
+        row("matmul time breakdown", what, n, ms, "ms", "median")
+
+
 def bench_cublas(n: int) -> None:
     try:
         import torch
@@ -268,6 +312,9 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=1.0, help="target time per measurement")
     ap.add_argument("--json")
     ap.add_argument("--skip", default="", help="comma list of: instr,matmul,charmodel")
+    ap.add_argument(
+        "--breakdown", action="store_true", help="also time the parts of a matmul run() (wgpu)"
+    )
     a = ap.parse_args()
     backends = [b for b in a.backends.split(",") if b]
     skip = set(a.skip.split(","))
@@ -290,6 +337,8 @@ def main() -> int:
     if "matmul" not in skip:
         for n in [int(x) for x in a.matmul.split(",") if x]:
             bench_matmul(n, backends, a.tiles.split(","), a.seconds, rng)
+            if a.breakdown and "wgpu" in backends:
+                bench_breakdown(n, rng)
             bench_cublas(n)
     if "charmodel" not in skip:
         bench_charmodel(backends, a.tokens)

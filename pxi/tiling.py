@@ -2,10 +2,13 @@
 
 out[rows, N] = in[rows, K] @ dequant(W[K, N]).  Each workgroup computes a BM x BN output
 tile; each invocation a TM x TN register tile held as TM x TN/4 vec4 accumulators.
-K is walked in BK-deep slabs staged in workgroup memory, double-buffered: while the
-invocations multiply slab s out of one buffer, they have already issued the global loads
-of slab s+1 into registers, and store them (the weights dequantized, once per element
-per workgroup) into the other buffer afterwards, so there is one barrier per slab.
+K is walked in BK-deep slabs staged in workgroup memory.  While the invocations multiply
+slab s, they have already issued the global loads of slab s+1 into registers; they store
+them (the weights dequantized, once per element per workgroup) afterwards, into a second
+buffer (double-buffered: one barrier per slab) or, for ``-sb`` tiles, into the same one
+after a barrier (two barriers per slab, half the workgroup memory).  The loop body covers
+two slabs so that every workgroup-memory read in the products has a constant buffer
+index.
 
 Layout (docs/pxi.md section 6):
 
@@ -14,13 +17,15 @@ Layout (docs/pxi.md section 6):
   invocation are ``c * 4*WY + ty*4 + i`` (chunk c < TM/4, i < 4), its columns
   ``d * 4*WX + tx*4 + j``: a warp's B reads are consecutive vec4s (no bank conflicts)
   and its A reads are broadcasts.  As rows are padded by one vec4 so that the transposing
-  scalar stores spread over the banks.
-* ``matmul_n4`` (N % 4 == 0) loads four packed u8 weights per 32-bit word of the image;
-  ``matmul`` (any N) loads them byte by byte.  The input tile is loaded with one 32-bit
-  load per element, consecutive invocations reading consecutive k.
+  scalar stores spread over the banks (``-swz``: unpadded, XOR-swizzled instead).
+* Entry points: ``matmul`` (any shape: weights byte by byte), ``matmul_n4`` (N % 4 == 0:
+  four packed u8 weights per 32-bit load of the image) and, in a module of its own,
+  ``matmul_v4`` (also K and both tensors' word addresses multiples of 4: 16-byte input
+  loads and output stores through a vec4<u32> view of data memory).  The executor picks
+  one per product.
 
 Every output element accumulates over k in increasing order (zero-padded past K), each
-step a fused multiply-add ``c = fma(a, w, c)`` unless the tile says otherwise.
+step a fused multiply-add ``c = fma(a, w, c)`` unless the tile says ``-nofma``.
 
 The register tile and the k loop are unrolled here in Python rather than left to loops
 over private arrays: a driver that does not unroll them would put the accumulators in
