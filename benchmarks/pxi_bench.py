@@ -2,7 +2,7 @@
 
     python benchmarks/pxi_bench.py                       # this machine: NumPy + wgpu (lavapipe)
     python benchmarks/pxi_bench.py --threads 1,256,10000,10240,1048576 --matmul 1024,4096 \
-        --tiles 64,128 --seconds 2 --json out.json       # a GPU machine
+        --tiles auto,128,128x128x16/8x8 --seconds 2 --json out.json   # a GPU machine
 
 Prints one table (and optionally writes JSON).  Every number is measured here, by this
 script; docs/pxi.md records the runs with machine, adapter and command.
@@ -107,7 +107,7 @@ def matmul_program(n: int, rng) -> tuple[Program, np.ndarray, np.ndarray, QMatri
 
 
 def bench_matmul(n: int, backends: list[str], tiles: list[str], seconds: float, rng) -> None:
-    from pxi.tiling import TILES
+    from pxi.tiling import choose_tile, parse_tile
 
     flop = 2.0 * n**3
     prog, a, w, _ = matmul_program(n, rng)
@@ -140,11 +140,12 @@ def bench_matmul(n: int, backends: list[str], tiles: list[str], seconds: float, 
             )
             continue
         for tname in tiles:
-            tile = TILES[tname]
+            tile = None if tname == "auto" else parse_tile(tname)
+            label = f"auto {choose_tile(n, n)}" if tile is None else str(tile)
             try:
                 ex = create("wgpu", prog, 1, mem, tile=tile)
             except Exception as e:  # e.g. the buffer exceeds this adapter's binding limit
-                row("pxi matmul", f"wgpu {tile}", n, float("nan"), "-", f"skipped: {e}"[:90])
+                row("pxi matmul", f"wgpu {label}", n, float("nan"), "-", f"skipped: {e}"[:90])
                 continue
             ex.write_memory(0, a.tobytes())
             ex.run(6)  # warm-up: compile, and the result to check
@@ -159,18 +160,22 @@ def bench_matmul(n: int, backends: list[str], tiles: list[str], seconds: float, 
                 reps += 1
                 assert res.steps == 2 and not res.faults, res
             e2e = flop / (t / reps)
-            # kernel only: back-to-back dispatches of the tiled kernel, one sync at the end
-            k = max(1, min(200, int(seconds / max(t / reps, 1e-6))))
+            # kernel only: back-to-back dispatches of the tiled kernel, one sync at the
+            # end; the median of three such batches
+            k = max(1, min(200, int(seconds / 3 / max(t / reps, 1e-6))))
             ex.matmul_kernel(n * n * 4, 0, prog.width, n, repeat=1)
             ex.sync()
-            t0 = time.perf_counter()
-            ex.matmul_kernel(n * n * 4, 0, prog.width, n, repeat=k)
-            ex.sync()
-            kt = (time.perf_counter() - t0) / k
+            batches = []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                ex.matmul_kernel(n * n * 4, 0, prog.width, n, repeat=k)
+                ex.sync()
+                batches.append((time.perf_counter() - t0) / k)
+            kt = sorted(batches)[1]
             name = ex.gpu.info.get("device", "?")
             row(
                 "pxi matmul kernel",
-                f"wgpu {name[:18]} {tile}",
+                f"wgpu {name[:18]} {label}",
                 n,
                 flop / kt / 1e12,
                 "TFLOP/s",
@@ -178,12 +183,56 @@ def bench_matmul(n: int, backends: list[str], tiles: list[str], seconds: float, 
             )
             row(
                 "pxi matmul (end to end)",
-                f"wgpu {name[:18]} {tile}",
+                f"wgpu {name[:18]} {label}",
                 n,
                 e2e / 1e12,
                 "TFLOP/s",
                 f"{t / reps * 1e3:.2f} ms per run(), {e2e / base:.0f}x numpy",
             )
+
+
+def bench_breakdown(n: int, rng) -> None:
+    """Where a run()'s time goes for one deferred matmul (auto tile), medians in ms: the
+    whole run(2), one kernel dispatch + sync, back-to-back kernels (one compute pass, or
+    one submission each), a 4-byte readback (sync), the step-count readback and one
+    interpreter dispatch with its staged readback."""
+    prog, a, _, _ = matmul_program(n, rng)
+    ex = create("wgpu", prog, 1, 2 * n * n * 4, inline_work=0)
+    ex.write_memory(0, a.tobytes())
+    ex.run(6)
+
+    def med(f, reps=20):
+        ts = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            f()
+            ts.append(time.perf_counter() - t0)
+        return sorted(ts)[len(ts) // 2] * 1e3
+
+    def one():
+        ex.matmul_kernel(n * n * 4, 0, prog.width, n)
+        ex.sync()
+
+    def separate(k=10):
+        for _ in range(k):
+            ex.matmul_kernel(n * n * 4, 0, prog.width, n)
+        ex.sync()
+
+    def one_pass(k=10):
+        ex.matmul_kernel(n * n * 4, 0, prog.width, n, repeat=k)
+        ex.sync()
+
+    parts = {
+        "run(2)": med(lambda: ex.run(2)),
+        "1 kernel + sync": med(one),
+        "back-to-back, one pass": med(one_pass, 5) / 10,
+        "back-to-back, one submit each": med(separate, 5) / 10,
+        "sync (4-byte readback)": med(ex.sync),
+        "step-count readback": med(ex._steps_sum),
+        "interpreter dispatch + readback": med(lambda: ex._dispatch(0)),
+    }
+    for what, ms in parts.items():
+        row("matmul time breakdown", what, n, ms, "ms", "median")
 
 
 def bench_cublas(n: int) -> None:
@@ -253,11 +302,19 @@ def main() -> int:
         "--numpy-threads", default=None, help="thread counts for numpy (default: --threads)"
     )
     ap.add_argument("--matmul", default="1024")
-    ap.add_argument("--tiles", default="64")
+    ap.add_argument(
+        "--tiles",
+        default="auto",
+        help="comma list: auto (the executor's choice), names from pxi.tiling.TILES, "
+        "or shapes BMxBNxBK/TMxTN[-options] (pxi.tiling.parse_tile)",
+    )
     ap.add_argument("--tokens", type=int, default=120)
     ap.add_argument("--seconds", type=float, default=1.0, help="target time per measurement")
     ap.add_argument("--json")
     ap.add_argument("--skip", default="", help="comma list of: instr,matmul,charmodel")
+    ap.add_argument(
+        "--breakdown", action="store_true", help="also time the parts of a matmul run() (wgpu)"
+    )
     a = ap.parse_args()
     backends = [b for b in a.backends.split(",") if b]
     skip = set(a.skip.split(","))
@@ -280,6 +337,8 @@ def main() -> int:
     if "matmul" not in skip:
         for n in [int(x) for x in a.matmul.split(",") if x]:
             bench_matmul(n, backends, a.tiles.split(","), a.seconds, rng)
+            if a.breakdown and "wgpu" in backends:
+                bench_breakdown(n, rng)
             bench_cublas(n)
     if "charmodel" not in skip:
         bench_charmodel(backends, a.tokens)

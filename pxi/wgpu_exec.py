@@ -13,6 +13,8 @@ GPU for long; the caller's step budget bounds the whole run.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from .errors import BackendError
@@ -30,14 +32,26 @@ from .machine import (
     Status,
 )
 from .matrix import read_header
-from .tiling import DEFAULT_TILE, Tile, matmul_wgsl
-from .wgslgen import COUNTERS, FLAGS, QUEUE_ENTRY, QUEUE_HEADER, QUEUE_KINDS, WORKGROUP, render
+from .tiling import SMALL_TILE, Tile, choose_tile, matmul_v4_module, matmul_wgsl
+from .wgslgen import (
+    COUNTERS,
+    FLAGS,
+    QUEUE_ENTRY,
+    QUEUE_HEADER,
+    QUEUE_KINDS,
+    WORKGROUP,
+    render,
+    template,
+)
 
 U32 = np.uint32
 NF = len(STATE_FIELDS)
 PREFETCH = 64  # queue entries read back with the counters (more need a second read)
 INTERP_LAYOUT = ["read", "rw", "rw", "rw", "read", "rw", "read"]
 NEURAL_LAYOUT = ["read", "rw", "read"]
+
+
+_NEURAL_SRC: dict[str, str] = {}  # rendered neural.wgsl per MatMul tile
 
 
 def _grid(n_groups: int) -> tuple[int, int]:
@@ -56,13 +70,14 @@ class WgpuExecutor(Executor):
         memory_bytes: int,
         entry=None,
         profile=False,
-        tile: Tile = DEFAULT_TILE,
+        tile: Tile | None = None,
         inline_work: int = 1 << 16,
         dispatch_steps: int = 1 << 27,
     ):
         """inline_work: neural ops doing more multiply-adds (or elements) than this run
         as their own dispatches; dispatch_steps: the target of steps (all threads) per
-        interpreter dispatch, which sets the per-thread slice."""
+        interpreter dispatch, which sets the per-thread slice; tile: the MatMul tile of
+        deferred products (None: chosen per product by ``pxi.tiling.choose_tile``)."""
         super().__init__(program, threads, memory_bytes, entry, profile)
         check_entry(program, self.entry)
         import wgpu
@@ -115,8 +130,15 @@ class WgpuExecutor(Executor):
         self._p_interp = gpu.pipeline(key, src, "interp", self._ilayout)
         self._p_respond = gpu.pipeline(key, src, "respond", self._ilayout)
         self._nlayout = gpu.layout("neural", NEURAL_LAYOUT)
-        self._nsrc_key = f"neural-{tile}"
-        self._nsrc = render("neural.wgsl", MATMUL=matmul_wgsl(tile))
+        if (
+            tile is not None
+            and tile.shared_bytes > gpu.limits["max-compute-workgroup-storage-size"]
+        ):
+            raise BackendError(
+                f"the MatMul tile {tile} needs {tile.shared_bytes} bytes of workgroup memory; "
+                f"this adapter ({gpu.adapter_string}) gives at most "
+                f"{gpu.limits['max-compute-workgroup-storage-size']}."
+            )
         self._nbind = dev.create_bind_group(
             layout=self._nlayout,
             entries=[
@@ -125,6 +147,7 @@ class WgpuExecutor(Executor):
                 self._entry(2, self.nparams),
             ],
         )
+        self._neural_cmd = None  # recorded, submitted with the next interpreter dispatch
         self._run_id = 0
         self._steps_total = 0
         self._budget = 0
@@ -185,7 +208,10 @@ class WgpuExecutor(Executor):
         cp.dispatch_workgroups(self._wg[0], self._wg[1], 1)
         cp.end()
         enc.copy_buffer_to_buffer(self.ctr, 0, self.stage, 0, self._stage_bytes)
-        self.device.queue.submit([enc.finish()])
+        # the last deferred neural op travels in the same submission (one submit less)
+        cmds = [self._neural_cmd, enc.finish()] if self._neural_cmd else [enc.finish()]
+        self._neural_cmd = None
+        self.device.queue.submit(cmds)
         self.stage.map_sync(self._wgpu.MapMode.READ)
         data = np.frombuffer(self.stage.read_mapped(), dtype=U32).copy()
         self.stage.unmap()
@@ -266,8 +292,41 @@ class WgpuExecutor(Executor):
 
     # --- deferred neural ops ------------------------------------------------------------
 
+    def _neural_pipeline(self, entry: str, tile: Tile = SMALL_TILE):
+        v4 = entry == "matmul_v4"
+        key = f"neural-v4-{tile}" if v4 else f"neural-{tile}"
+        src = _NEURAL_SRC.get(key)
+        if src is None:
+            if v4:
+                struct = re.search(r"struct NParams \{.*?\n\}", template("neural.wgsl"), re.S)
+                src = matmul_v4_module(tile, struct.group(0))
+            else:
+                src = render("neural.wgsl", MATMUL=matmul_wgsl(tile))
+            _NEURAL_SRC[key] = src
+        return self.gpu.pipeline(key, src, entry, self._nlayout)
+
+    def _matmul_pass(self, cp, np_: np.ndarray, repeat: int = 1) -> None:
+        """Record the tiled MatMul for the parameters np_ (as written to self.nparams):
+        ``matmul_v4`` when K, N and both tensors' word addresses are multiples of 4
+        (16-byte input loads and output stores), else ``matmul_n4`` when N % 4 == 0 (four
+        packed weights per 32-bit load), else ``matmul``."""
+        out_w, in_w, rows, k, n = (int(v) for v in np_[:5])
+        t = self.tile or choose_tile(rows, n)
+        if t.shared_bytes > self.gpu.limits["max-compute-workgroup-storage-size"]:
+            t = SMALL_TILE
+        if t.v4 and (out_w | in_w | k | n) % 4 == 0:
+            entry = "matmul_v4"
+        else:
+            entry = "matmul_n4" if n % 4 == 0 else "matmul"
+        cp.set_pipeline(self._neural_pipeline(entry, t))
+        cp.set_bind_group(0, self._nbind)
+        for _ in range(repeat):
+            cp.dispatch_workgroups(-(-n // t.bn), -(-rows // t.bm), 1)
+
     def _run_neural(self, ops: list[tuple[int, list[int]]]) -> None:
-        for _tid, (kind, out, inp, mat, n) in ops:
+        """Each op is its own dispatch, in thread order (its parameters written just
+        before it is submitted); the last one is left for _dispatch to submit."""
+        for i, (_tid, (kind, out, inp, mat, n)) in enumerate(ops):
             np_ = np.zeros(12, U32)
             np_[0], np_[1] = out // 4, inp // 4
             if kind in (NeuralKind.MATMUL, NeuralKind.ADDMAT):
@@ -283,20 +342,18 @@ class WgpuExecutor(Executor):
             enc = self.device.create_command_encoder()
             cp = enc.begin_compute_pass()
             if kind == NeuralKind.MATMUL:
-                t = self.tile
-                cp.set_pipeline(
-                    self.gpu.pipeline(self._nsrc_key, self._nsrc, "matmul", self._nlayout)
-                )
-                cp.set_bind_group(0, self._nbind)
-                cp.dispatch_workgroups(-(-int(np_[4]) // t.bn), -(-int(n) // t.bm), 1)
+                self._matmul_pass(cp, np_)
             else:
                 entry = "addmat" if kind == NeuralKind.ADDMAT else "relu"
-                cp.set_pipeline(self.gpu.pipeline(self._nsrc_key, self._nsrc, entry, self._nlayout))
+                cp.set_pipeline(self._neural_pipeline(entry))
                 cp.set_bind_group(0, self._nbind)
                 gx, gy = _grid(-(-int(np_[9]) // 256))
                 cp.dispatch_workgroups(gx, gy, 1)
             cp.end()
-            self.device.queue.submit([enc.finish()])
+            if i == len(ops) - 1:
+                self._neural_cmd = enc.finish()
+            else:
+                self.device.queue.submit([enc.finish()])
 
     def matmul_kernel(self, out: int, inp: int, mat: int, rows: int, repeat: int = 1) -> None:
         """Run the tiled MatMul kernel directly (benchmarks: kernel time without the
@@ -317,10 +374,7 @@ class WgpuExecutor(Executor):
         self.device.queue.write_buffer(self.nparams, 0, np_.tobytes())
         enc = self.device.create_command_encoder()
         cp = enc.begin_compute_pass()
-        cp.set_pipeline(self.gpu.pipeline(self._nsrc_key, self._nsrc, "matmul", self._nlayout))
-        cp.set_bind_group(0, self._nbind)
-        for _ in range(repeat):
-            cp.dispatch_workgroups(-(-h.cols // self.tile.bn), -(-rows // self.tile.bm), 1)
+        self._matmul_pass(cp, np_, repeat)
         cp.end()
         self.device.queue.submit([enc.finish()])
 

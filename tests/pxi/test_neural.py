@@ -3,12 +3,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from pxi_util import run_both
 
+from pxi.asm import assemble_text
 from pxi.backends import create
+from pxi.gpu import get_gpu
 from pxi.matrix import dequantize, quantize
+from pxi.tiling import TILES
 
 pytestmark = pytest.mark.wgpu
 
@@ -95,7 +100,7 @@ def test_neural_ops_match_float32_reference(tmp_path, inline_work):
 
 
 def test_tiled_matmul_edges(tmp_path):
-    """Shapes that are not multiples of the 64x64x16 tile, through the deferred kernel."""
+    """Shapes that are not multiples of the tile, through the deferred kernel."""
     prog, x, qs = _program(tmp_path, rows=70, k=45, n=67, seed=3, gap=0x8000)
     ex = create("wgpu", prog, 1, 0x20000, inline_work=0)
     ex.write_memory(IN, x.tobytes())
@@ -104,6 +109,115 @@ def test_tiled_matmul_edges(tmp_path):
     out, h, _ = _reference(x, qs)
     got = np.frombuffer(ex.read_memory(0x8000, 70 * 67 * 4), np.float32)
     _close(got, out)
+
+
+def _matmul_only(rows, k, n, seed, in_addr, out_addr):
+    """A program doing one matmul (weights N(0,1), quantized) at the given addresses."""
+    from pxi.image import Program
+
+    rng = np.random.default_rng(seed)
+    qm = quantize(rng.normal(0, 1, (k, n)).astype(np.float32))
+    width = 64
+    code = assemble_text(
+        f".width {width}\nli32 r1, {in_addr}\nli32 r2, {out_addr}\nli32 r3, {rows}\n"
+        f"li32 r4, {width}\nmatmul r2, r1, r4, r3\nhalt\n",
+        "<mm>",
+    )
+    px = np.concatenate([code.pixels[:width], qm.pixels()])
+    px = np.concatenate([px, np.zeros((-px.size) % width, np.uint32)])
+    x = rng.normal(0, 1, (rows, k)).astype(np.float32)
+    return Program(px, width), qm, x
+
+
+# (rows, K, N, input address, output address) and the entry point they must take:
+# matmul_v4 needs K, N and both word addresses multiples of 4; matmul_n4 N % 4 == 0.
+SHAPES = [
+    ((70, 44, 132, 0, 0x10000), "matmul_v4"),  # edges in every dimension, K tail
+    ((130, 36, 68, 16, 0x10010), "matmul_v4"),
+    ((70, 44, 132, 4, 0x10000), "matmul_n4"),  # input not 16-byte aligned
+    ((33, 37, 260, 0, 0x10000), "matmul_n4"),  # K % 4 != 0
+    ((70, 45, 67, 0, 0x10000), "matmul"),  # N % 4 != 0
+    ((3, 9, 5, 8, 0x10004), "matmul"),
+]
+
+
+ALL_TILES = {**TILES, "large-v4": dataclasses.replace(TILES["large"], v4=True)}
+
+
+@pytest.mark.parametrize("tile_name", sorted(ALL_TILES))
+def test_tiled_matmul_every_tile_and_entry(tile_name):
+    """Every named tile, through each entry point (by shape and alignment), against the
+    float32 reference; every output element written, nothing around the output touched."""
+    import pxi.wgpu_exec as W
+
+    tile = ALL_TILES[tile_name]
+    if tile.shared_bytes > get_gpu().limits["max-compute-workgroup-storage-size"]:
+        pytest.skip(f"tile {tile} needs more workgroup memory than this adapter has")
+    used = []
+    orig = W.WgpuExecutor._neural_pipeline
+
+    def spy(self, entry, t=W.SMALL_TILE):
+        used.append(entry)
+        return orig(self, entry, t)
+
+    W.WgpuExecutor._neural_pipeline = spy
+    try:
+        for i, ((rows, k, n, ia, oa), entry) in enumerate(SHAPES):
+            prog, qm, x = _matmul_only(rows, k, n, i, ia, oa)
+            mem = oa + 4 * rows * n + 64
+            ex = create("wgpu", prog, 1, mem, inline_work=0, tile=tile)
+            ex.write_memory(0, b"\xa5" * mem)  # poison (a NaN-free pattern)
+            ex.write_memory(ia, x.tobytes())
+            used.clear()
+            res = ex.run(100)
+            assert not res.faults and res.counts["HALTED"] == 1, res
+            want = "matmul_n4" if entry == "matmul_v4" and not tile.v4 else entry
+            assert used == [want], (tile, rows, k, n, used)
+            got = _floats(ex, oa, rows * n).reshape(rows, n)
+            ref = np.matmul(x.astype(np.float64), qm.dequantize().astype(np.float64))
+            assert np.abs(got - ref).max() <= 1e-4, (tile, rows, k, n)
+            assert ex.read_memory(oa - 16, 16) == b"\xa5" * 16
+            assert ex.read_memory(oa + 4 * rows * n, 64) == b"\xa5" * 64
+    finally:
+        W.WgpuExecutor._neural_pipeline = orig
+
+
+def test_deferred_matmuls_of_several_threads():
+    """Three threads each issue a deferred matmul in the same round (dispatched in
+    thread order, the last in the same submission as the next interpreter dispatch);
+    both backends agree with the reference."""
+    rows, k, n = 40, 36, 72
+    prog, qm, x = _matmul_only(rows, k, n, 7, 0, 0)
+    src_code = f"""
+        .width 64
+        tid r5
+        li32 r6, {4 * rows * n}
+        mul r2, r5, r6
+        li32 r6, 0x8000
+        add r2, r2, r6              ; out = 0x8000 + tid * rows * n * 4
+        li32 r1, 0
+        li32 r3, {rows}
+        li32 r4, 64
+        matmul r2, r1, r4, r3
+        halt
+    """
+    from pxi.image import Program
+
+    code = assemble_text(src_code, "<mm3>")
+    px = np.concatenate([code.pixels[:64], prog.pixels[64:]])
+    prog = Program(px, 64)
+    mem = 0x8000 + 3 * 4 * rows * n
+    exs, _ = run_both(
+        prog,
+        threads=3,
+        memory=mem,
+        setup=lambda ex: ex.write_memory(0, x.tobytes()),
+        inline_work=0,
+    )
+    ref = np.matmul(x, qm.dequantize(), dtype=np.float32)
+    for ex in exs:
+        for t in range(3):
+            _close(_floats(ex, 0x8000 + t * 4 * rows * n, rows * n), ref)
 
 
 def test_quantization_definition():
