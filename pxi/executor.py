@@ -308,13 +308,17 @@ def fault_message(f: Fault, program: Program) -> str:
         r = d0 & 0xFF
         ch = f"'{chr(r)}'" if 0x20 <= r < 0x7F else f"0x{r:02x}"
         extra = " (a quantized-matrix header: data, not code)" if ch == "'Q'" else ""
-        why = f"unknown opcode {ch} in pixel 0x{d0:08x}{extra}; execution ran into data or a corrupt pixel -- check the jump that led here."
+        why = (
+            f"unknown opcode {ch} in pixel 0x{d0:08x}{extra}; execution ran into data or a "
+            "corrupt pixel -- check the jump that led here."
+        )
     elif c == FaultCode.BAD_ENCODING:
         part = "extension pixel" if d1 else "pixel"
         why = (
-            f"bad encoding of {ins if d1 == 0 else 'the instruction'} ({part} 0x{d0:08x}): a register field above r15, "
-            f"a register pair starting at r15, a width the instruction does not take, a shift above 31 or a non-zero unused field; "
-            f"re-assemble the source (`pxi disasm` shows the pixel)."
+            f"bad encoding of {ins if d1 == 0 else 'the instruction'} ({part} 0x{d0:08x}): "
+            "a register field above r15, a register pair starting at r15, a width the "
+            "instruction does not take, a shift above 31 or a non-zero unused field; "
+            "re-assemble the source (`pxi disasm` shows the pixel)."
         )
     elif c == FaultCode.PC_RANGE:
         if d1 == 0:
@@ -362,7 +366,10 @@ def fault_message(f: Fault, program: Program) -> str:
             if (d0 >> 8) in RequestKind._value2member_map_
             else "?"
         )
-        why = f"{ins}: the host denied the {kind} request ({d0 & 0xFF}-bit, address 0x{d1:x}); the broker only allows devices it enumerated."
+        why = (
+            f"{ins}: the host denied the {kind} request ({d0 & 0xFF}-bit, address 0x{d1:x}); "
+            "the broker only allows devices it enumerated."
+        )
     else:
         why = f"fault {c} ({d0:#x}, {d1:#x})"
     return f"{at}: {why}"
