@@ -71,6 +71,18 @@ class Hil:
     def cmd(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "hil.cli", *args]
 
+    def spawn(self, *args: str, quiet_output: bool = False) -> subprocess.Popen:
+        """`hil run ARGS` in the background (for tests that interrupt it)."""
+        out = subprocess.DEVNULL if quiet_output else subprocess.PIPE
+        return subprocess.Popen(
+            self.cmd("run", *map(str, args), "--results", str(self.results)),
+            cwd=REPO,
+            env=self.env,
+            stdout=out,
+            stderr=out,
+            text=True,
+        )
+
     def __call__(self, *args: str, env: dict | None = None, timeout: float = 240) -> HilResult:
         before = set(self.results.glob("*/*")) if self.results.exists() else set()
         p = subprocess.run(

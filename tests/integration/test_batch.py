@@ -200,14 +200,7 @@ steps:
 
 def test_ctrl_c_stops_a_parallel_batch(hil):
     scs = [hil.scenario(HEAD.replace("idle: 6", "idle: 60")) for _ in range(2)]
-    p = subprocess.Popen(
-        hil.cmd("run", *map(str, scs), "-j", "2", "--results", str(hil.results)),
-        cwd=REPO,
-        env=hil.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    p = hil.spawn(*scs, "-j", "2")
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not all(qemu_processes(f"pxos-{s.stem},") for s in scs):
         time.sleep(0.1)

@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -16,7 +15,7 @@ import pytest
 
 from hil import host
 
-from .conftest import REPO, assert_no_leftovers, qemu_processes
+from .conftest import assert_no_leftovers, qemu_processes
 
 BOOT_STEPS = """\
 steps:
@@ -139,14 +138,7 @@ def test_unexpected_qemu_death_is_reported(hil):
   - idle: 20
 """
     )
-    p = subprocess.Popen(
-        hil.cmd("run", str(sc), "--results", str(hil.results)),
-        cwd=REPO,
-        env=hil.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    p = hil.spawn(sc)
     pid = _wait_for_qemu(sc.stem)
     os.kill(pid, signal.SIGKILL)
     out, err = p.communicate(timeout=60)
@@ -206,14 +198,7 @@ def test_ctrl_c_stops_everything(hil):
   - idle: 30
 """
     )
-    p = subprocess.Popen(
-        hil.cmd("run", str(sc), "--results", str(hil.results)),
-        cwd=REPO,
-        env=hil.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    p = hil.spawn(sc)
     _wait_for_qemu(sc.stem)
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=30)
@@ -233,13 +218,7 @@ def test_killed_hil_takes_qemu_with_it(hil):
   - idle: 30
 """
     )
-    p = subprocess.Popen(
-        hil.cmd("run", str(sc), "--results", str(hil.results)),
-        cwd=REPO,
-        env=hil.env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    p = hil.spawn(sc, quiet_output=True)
     _wait_for_qemu(sc.stem)
     p.kill()
     p.wait()

@@ -163,17 +163,6 @@ def test_runaway_program_times_out_with_thread_positions(hil):
     assert "t1 pc " in reason
 
 
-def _start(hil, sc: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        hil.cmd("run", str(sc), *extra, "--results", str(hil.results)),
-        cwd=REPO,
-        env=hil.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 def _wait_for(pred, timeout: float = 60):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -194,7 +183,7 @@ def test_bridge_death_is_an_infrastructure_error(hil):
   - idle: 30
 """,
     )
-    p = _start(hil, sc, "--retries", "0")  # this run's own error, not the retry's
+    p = hil.spawn(sc, "--retries", "0")  # this run's own error, not the retry's
     run_dir = _wait_for(lambda: next(hil.results.glob(f"{sc.stem}/*"), None))
     _wait_for(
         lambda: (
@@ -224,7 +213,7 @@ def test_qemu_death_is_reported(hil):
   - idle: 30
 """,
     )
-    p = _start(hil, sc)
+    p = hil.spawn(sc)
     run_dir = _wait_for(lambda: next(hil.results.glob(f"{sc.stem}/*"), None))
     _wait_for(lambda: bridge_processes(run_dir))
     qemu = _wait_for(
