@@ -2,6 +2,9 @@
 ; (BIOS and PVH), the IDT and the interrupt entry points, and the few routines
 ; that are smaller here than in C (kprintf's argument shim, copy, access).
 
+%ifdef PXOS_BOOT_MARKERS
+%define PXOS_MARKS                      ; timing markers (benchmarks/boot_breakdown.py)
+%endif
 %include "longmode.inc"                 ; from boot/: shared with the boot sector
 
 extern  kmain, qexit, vprint
@@ -24,6 +27,7 @@ start64:                                ; rdi = hvm_start_info or NULL, rsi = TS
 ; carries the -initrd payload).  The loader's GDT is unknown, so load ours.
         bits    32
 pvh_entry:
+        PXOS_MARK 'X'
         cld                             ; string ops below (and C) assume DF=0
         lgdt    [gdt]
         PXOS_ENTER_LONG_MODE pvh_tables, pvh64

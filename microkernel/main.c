@@ -52,6 +52,9 @@ static void command(const char *line)
 _Noreturn void kmain(struct hvm_start_info *si, u64 tsc_lmode)
 {
     t_kernel = rdtsc();
+#if PXOS_BOOT_MARKERS
+    outb(COM1, 'Z');        // benchmarks/boot_breakdown.py: long mode and C reached
+#endif
     serial_init();
     idt_init();
     kprintf("pxOS microkernel " PXOS_VERSION " %s\n", si ? "pvh" : "bios");
