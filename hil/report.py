@@ -192,7 +192,7 @@ def write_all(
 
 def render_markdown(s: dict) -> str:
     c = s["counts"]
-    lines = [f"# pxOS nightly {s['date']}: {_headline(s)}", ""]
+    lines = [f"# pxOS nightly {s['date']}: {headline(s)}", ""]
     lines += ["## What changed since the baseline", ""]
     lines += [f"- `{ln}`" for ln in s["changed"]] or [
         "- nothing: every result and metric as before"
@@ -236,7 +236,7 @@ def render_markdown(s: dict) -> str:
     return "\n".join(lines)
 
 
-def _headline(s: dict) -> str:
+def headline(s: dict) -> str:
     c = s["counts"]
     if s["interrupted"]:
         return "INTERRUPTED (partial results)"
@@ -445,14 +445,11 @@ class PlotWorker:
 
 
 def _plot_worker(conn, parent: int) -> None:
-    import ctypes
     import signal
 
-    try:
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() != parent:
+    from .process import die_with_parent
+
+    if not die_with_parent(signal.SIGKILL, parent):
         os._exit(0)
     # Ctrl-C is for the nightly: it still writes its report, with our help.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -524,7 +521,7 @@ def render_html(s: dict, plots: dict[str, str], nights: int) -> str:
         f" &middot; host {e(str(s['host']))} &middot; {e(str(s['qemu_version']))} &middot; "
         f"{e(s['started_at'])} to {e(s['finished_at'])} (UTC) &middot; exit status "
         f"{s['exit_code']}</div>",
-        f'<div class="banner {cls}">{e(_headline(s))}</div>',
+        f'<div class="banner {cls}">{e(headline(s))}</div>',
         "<h2>What changed since the baseline</h2>",
     ]
     if s["changed"]:

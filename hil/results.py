@@ -18,9 +18,7 @@ import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_ROOT = REPO / "results"
-SCHEMA = 1
+from .paths import REPO
 
 
 def new_run_dir(root: Path, scenario: str) -> tuple[str, Path]:
@@ -138,13 +136,12 @@ def read_run(run_dir: Path) -> dict:
     return json.loads((Path(run_dir) / "run.json").read_text())
 
 
-def annotate(run_dir: Path, key: str, value) -> dict:
-    """Add (or replace) one top-level key of a finished run's run.json; returns the data.
-    Used for facts known only after the run: its place in a batch, retries, flakiness."""
-    data = read_run(run_dir)
-    data[key] = value
-    write_json(Path(run_dir) / "run.json", data)
-    return data
+def write_record(rec) -> None:
+    """run.json from a hil.record.RunRecord, and junit.xml once it has its verdict."""
+    data = rec.to_json()
+    write_json(Path(rec.run_dir) / "run.json", data)
+    if rec.verdict is not None:
+        write_junit(Path(rec.run_dir) / "junit.xml", data)
 
 
 HISTORY_FILE = "history.sqlite"
