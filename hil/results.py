@@ -18,7 +18,9 @@ import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from .paths import REPO
+from .paths import REPO, RESULTS
+
+DEFAULT_ROOT = RESULTS  # the results root when none is given
 
 
 def new_run_dir(root: Path, scenario: str) -> tuple[str, Path]:

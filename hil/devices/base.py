@@ -98,6 +98,7 @@ class DeviceKind:
     section_keys: ClassVar[tuple[str, ...]] = ()  # the keys of that section
     profile_keys: ClassVar[tuple[str, ...]] = ()  # profile keys it owns
     spec: ClassVar[type]  # the frozen dataclass ``parse`` returns
+    metrics: ClassVar[dict[str, str]] = {}  # metric name -> meaning, for what ``after`` adds
 
     def parse(self, f: Fields, ctx: ParseContext) -> Any | None:
         raise NotImplementedError

@@ -60,6 +60,22 @@ class VgpuKind(DeviceKind):
     section_keys = ("program", "backend", "budget", "threads", "memory", "reference")
     profile_keys = ("gpu", "vram")
     spec = Vgpu
+    metrics = {
+        "gpu.dispatches": "executor runs the vGPU bridge made (each until every thread was "
+        "blocked, halted or out of budget)",
+        "gpu.instructions": "pixel instructions the GPU executed, all threads",
+        "gpu.instructions_per_s": "gpu.instructions / time spent inside executor runs",
+        "gpu.dispatch_ms.p50": "median time of one executor run (ms)",
+        "gpu.dispatch_ms.mean": "mean time of one executor run (ms)",
+        "gpu.requests": "requests the GPU posted to the guest CPU (ports, MMIO)",
+        "gpu.denied": "requests the microkernel answered DENY",
+        "gpu.events": "events the guest posted to the GPU's event queue",
+        "gpu.roundtrip_us.p50": "median mailbox round trip: request posted by the bridge -> its "
+        "response visible to the executor (µs)",
+        "gpu.roundtrip_us.p99": "99th percentile of the mailbox round trip (µs)",
+        "gpu.wakeups_per_request": "guest wake-ups from hlt per request served (the kernel's "
+        "own counters, last `stats` line)",
+    }
 
     # -- YAML ---------------------------------------------------------------------
     def parse_profile(self, f, ctx):
