@@ -1,170 +1,18 @@
-"""Nightly reports: results/nightly/<date>/{summary.json, summary.md, report.html, junit.xml}.
-
-``build_summary`` turns the comparisons into one plain dict (what summary.json holds);
-every other file is rendered from that dict (plus trend data from the history for the
-plots), so the four files cannot disagree.  Layout and keys: docs/nightly.md.
-"""
+"""The nightly report's files, each rendered from the summary dict: summary.json,
+summary.md, junit.xml and report.html (with the trend plots)."""
 
 from __future__ import annotations
 
-import base64
 import html
-import io
-import json
-import os
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
 
-from . import results
-from .baseline import (
-    FIXED,
-    INFRA,
-    INTERRUPTED_,
-    NEW_FAILURE,
-    PASSING,
-    RULES,
-    STILL_FAILING,
-    KeyComparison,
-)
-from .history import History
-
-SCHEMA = 1
-TREND_METRICS = ("boot_ms", "cpu_idle")
-STATUS_ORDER = [NEW_FAILURE, INFRA, INTERRUPTED_, STILL_FAILING, FIXED, PASSING]
-
-
-# ----------------------------------------------------------------- the data
-
-
-def build_summary(
-    comparisons: list[KeyComparison],
-    *,
-    batch_id: str,
-    date: str,
-    started_at: str,
-    finished_at: str,
-    exit_code: int,
-    interrupted: bool,
-    out_dir: Path,
-    argv: list[str],
-) -> dict:
-    keys = [_key_json(c, out_dir) for c in sorted(comparisons, key=_order)]
-    counts: dict[str, int] = {s: 0 for s in STATUS_ORDER}
-    for c in comparisons:
-        counts[c.status] = counts.get(c.status, 0) + 1
-    counts.update(
-        keys=len(comparisons),
-        regressions=sum(c.regression for c in comparisons),
-        metric_regressions=sum(bool(c.metric_regressions) for c in comparisons),
-        flaky=sum(c.flaky for c in comparisons),
-        runs=sum(len(c.attempts) for c in comparisons),
-        retries=sum(1 for c in comparisons for r in c.attempts if r.attempt > 1),
-    )
-    first = next((r for c in comparisons for r in c.runs), None)
-    return {
-        "schema": SCHEMA,
-        "batch_id": batch_id,
-        "date": date,
-        "started_at": started_at,
-        "finished_at": finished_at,
-        "exit_code": exit_code,
-        "interrupted": interrupted,
-        "command": argv,
-        "git": {"commit": first.git_commit, "dirty": bool(first.git_dirty)} if first else {},
-        "host": first.host if first else None,
-        "qemu_version": first.qemu_version if first else None,
-        "counts": counts,
-        "changed": changed_lines(comparisons),
-        "keys": keys,
-    }
-
-
-def _order(c: KeyComparison):
-    reg = 0 if c.regression else 1
-    return (reg, STATUS_ORDER.index(c.status), c.scenario, c.profile)
-
-
-def changed_lines(comparisons: list[KeyComparison]) -> list[str]:
-    """What changed since the baseline, most important first (one line each)."""
-    out = []
-    for c in sorted(comparisons, key=_order):
-        k = f"{c.scenario} [{c.profile}]"
-        if c.status == NEW_FAILURE:
-            was = f"was {c.previous_outcome}" if c.previous_outcome else "never ran before"
-            out.append(f"NEW FAILURE  {k}: {c.outcome} ({was}): {c.reason}")
-        for m in c.metric_regressions:
-            out.append(f"REGRESSION   {k}: {m.sentence()}")
-    for c in sorted(comparisons, key=_order):
-        k = f"{c.scenario} [{c.profile}]"
-        if c.status == INFRA:
-            out.append(f"INFRA ERROR  {k}: {c.reason}")
-        if c.status == FIXED:
-            out.append(f"FIXED        {k}: passes again (was {c.previous_outcome})")
-        if c.flaky:
-            out.append(f"FLAKY        {k}: {_flaky_why(c)}")
-        for m in c.changes:
-            if m.verdict == "improvement":
-                out.append(f"IMPROVED     {k}: {m.sentence()}")
-    return out
-
-
-def _flaky_why(c: KeyComparison) -> str:
-    retried = [r for r in c.runs if r.flaky]
-    if retried:
-        return f"passed only on retry ({len(retried)} of {len(c.runs)} runs)"
-    outs = [r.outcome for r in c.runs]
-    return f"repeats disagree: {', '.join(outs)}"
-
-
-def _key_json(c: KeyComparison, out_dir: Path) -> dict:
-    runs = []
-    for r in c.attempts:
-        rd = Path(r.run_dir)
-        try:
-            arts = results.read_run(rd).get("artifacts", {})
-        except (OSError, ValueError):
-            arts = {}
-        runs.append(
-            {
-                "run_id": rd.name,
-                "run_dir": _rel(rd, out_dir),
-                "outcome": r.outcome,
-                "reason": r.reason,
-                "repeat_index": r.repeat_index,
-                "attempt": r.attempt,
-                "flaky": bool(r.flaky),
-                "counted": any(x.id == r.id for x in c.runs),
-                "accel": r.accel,
-                "total_s": r.total_s,
-                "metrics": {k: r.metrics[k] for k in TREND_METRICS if k in r.metrics},
-                "artifacts": {name: _rel(rd / f, out_dir) for name, f in sorted(arts.items())},
-            }
-        )
-    return {
-        "scenario": c.scenario,
-        "profile": c.profile,
-        "status": c.status,
-        "outcome": c.outcome,
-        "regression": c.regression,
-        "flaky": c.flaky,
-        "reason": c.reason,
-        "previous_outcome": c.previous_outcome,
-        "previous_batch": c.previous_batch,
-        "baseline_batch": c.baseline_batch,
-        "baseline_pinned": c.baseline_pinned,
-        "note": c.note,
-        "metrics": {k: s.to_json() for k, s in c.stats.items()},
-        "changes": [m.to_json() for m in c.changes],
-        "runs": runs,
-    }
-
-
-def _rel(p: Path, start: Path) -> str:
-    return os.path.relpath(Path(p).resolve(), Path(start).resolve())
-
-
-# ------------------------------------------------------------------ writing
+from .. import results
+from ..baseline import INFRA, INTERRUPTED_, STILL_FAILING
+from ..history import History
+from .plots import render_plots, trend_data
+from .summary import headline
 
 
 def write_all(
@@ -234,24 +82,6 @@ def render_markdown(s: dict) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-def headline(s: dict) -> str:
-    c = s["counts"]
-    if s["interrupted"]:
-        return "INTERRUPTED (partial results)"
-    parts = []
-    if c["regressions"]:
-        parts.append(f"{c['regressions']} REGRESSED")
-    if c[INFRA]:
-        parts.append(f"{c[INFRA]} infrastructure error{'s' * (c[INFRA] != 1)}")
-    if c[STILL_FAILING]:
-        parts.append(f"{c[STILL_FAILING]} still failing")
-    if c[FIXED]:
-        parts.append(f"{c[FIXED]} fixed")
-    if c["flaky"]:
-        parts.append(f"{c['flaky']} flaky")
-    return ", ".join(parts) if parts else f"all {c['keys']} passing, no regressions"
 
 
 def _metric_cell(k: dict, name: str) -> str:
@@ -330,158 +160,6 @@ def write_junit(path: Path, s: dict) -> None:
     ET.indent(suite)
     ET.ElementTree(suite).write(path, encoding="utf-8", xml_declaration=True)
 
-
-# -------------------------------------------------------------------- plots
-
-
-def trend_data(history: History, s: dict, nights: int) -> dict:
-    """What the plots show, read from the history: scenario -> {"profiles": [...],
-    "measured": {metric: bool}, "points": {metric: {profile: [(started_at, median, min,
-    max), ...]}}}.  Plain data, so another process can draw it."""
-    out: dict = {}
-    for k in s["keys"]:
-        d = out.setdefault(k["scenario"], {"profiles": [], "measured": {}, "points": {}})
-        if k["profile"] not in d["profiles"]:
-            d["profiles"].append(k["profile"])
-        for metric in TREND_METRICS:
-            d["measured"][metric] = d["measured"].get(metric, False) or metric in k["metrics"]
-    for scenario, d in out.items():
-        for metric in TREND_METRICS:
-            d["points"][metric] = {
-                p: history.trend(scenario, p, metric, nights=nights) for p in d["profiles"]
-            }
-    return dict(sorted(out.items()))
-
-
-def render_plots(data: dict) -> dict[str, str]:
-    """trend_data -> scenario -> PNG data URI: boot time and CPU idle per night, a line per
-    profile, the repeats' range as error bars."""
-    # The object API, not pyplot: no global figure state, and half the import time.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    out = {}
-    for scenario, d in data.items():
-        fig = Figure(figsize=(10, 3.2), dpi=90)
-        FigureCanvasAgg(fig)
-        axes = fig.subplots(1, len(TREND_METRICS))
-        fig.subplots_adjust(left=0.07, right=0.98, top=0.9, bottom=0.25, wspace=0.2)
-        for ax, metric in zip(axes, TREND_METRICS, strict=True):
-            rule = RULES[metric]
-            for profile in d["profiles"]:
-                pts = d["points"][metric][profile]
-                if not pts:
-                    continue
-                xs = [p[0][:10] + ("\n" + p[0][11:16] if _same_day(pts) else "") for p in pts]
-                scale = 100.0 if metric == "cpu_idle" else 1.0
-                med = [p[1] * scale for p in pts]
-                lo = [(p[1] - p[2]) * scale for p in pts]
-                hi = [(p[3] - p[1]) * scale for p in pts]
-                ax.errorbar(
-                    range(len(xs)), med, yerr=[lo, hi], marker="o", capsize=3, label=profile
-                )
-                ax.set_xticks(range(len(xs)), xs, rotation=30, fontsize=7, ha="right")
-            unit = "%" if metric == "cpu_idle" else rule.unit
-            ax.set_title(f"{rule.label} ({metric}, {unit}), {rule.better} is better", fontsize=9)
-            ax.grid(True, alpha=0.3)
-            if ax.has_data():
-                ax.legend(fontsize=7)
-            else:
-                ax.text(
-                    0.5,
-                    0.5,
-                    "no passing nights yet"
-                    if d["measured"][metric]
-                    else f"{metric} is not measured by this scenario",
-                    ha="center",
-                    va="center",
-                    transform=ax.transAxes,
-                )
-                ax.set_xticks([])
-                ax.set_yticks([])
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", pil_kwargs={"compress_level": 3})
-        out[scenario] = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-    return out
-
-
-class PlotWorker:
-    """Draws the plots in a process of its own that starts with the nightly, at the lowest
-    CPU priority (nice 19), and loads matplotlib while the runs go on: the import and the
-    font set-up (a few hundred ms) then use CPU time the runs leave idle instead of adding
-    to the nightly's wall time, and never compete with a run for a CPU.  A context manager:
-    the process is gone after the ``with``.  If it is not there to answer, the plots are
-    drawn here."""
-
-    def __init__(self):
-        self._conn = None
-        self._proc = None
-
-    def __enter__(self) -> PlotWorker:
-        import multiprocessing
-
-        ctx = multiprocessing.get_context("fork")
-        self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_plot_worker, args=(child, os.getpid()), daemon=True)
-        self._proc.start()
-        child.close()
-        return self
-
-    def render(self, data: dict) -> dict[str, str]:
-        try:
-            self._conn.send(data)
-            return self._conn.recv()
-        except (EOFError, OSError):
-            return render_plots(data)
-
-    def __exit__(self, *exc) -> None:
-        if self._conn is not None:
-            self._conn.close()
-        if self._proc is not None:
-            self._proc.join(2)
-            if self._proc.is_alive():
-                self._proc.kill()
-                self._proc.join()
-
-
-def _plot_worker(conn, parent: int) -> None:
-    import signal
-
-    from .process import die_with_parent
-
-    if not die_with_parent(signal.SIGKILL, parent):
-        os._exit(0)
-    # Ctrl-C is for the nightly: it still writes its report, with our help.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    os.nice(19)
-    render_plots({})  # the imports
-    _warm_fonts()
-    try:
-        data = conn.recv()
-    except (EOFError, OSError):
-        os._exit(0)
-    conn.send(render_plots(data))
-    conn.close()
-    os._exit(0)
-
-
-def _warm_fonts() -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(1, 1), dpi=30)
-    FigureCanvasAgg(fig)
-    fig.subplots().set_title("x")
-    fig.savefig(io.BytesIO(), format="png")
-
-
-def _same_day(pts) -> bool:
-    days = [p[0][:10] for p in pts]
-    return len(set(days)) != len(days)
-
-
-# --------------------------------------------------------------------- html
 
 _CSS = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 24px; color: #1b1f24; max-width: 1200px }
@@ -601,7 +279,3 @@ def _metric_html(k: dict, name: str) -> str:
     if ch and ch["verdict"] == "improvement":
         return f'<span class="better">{txt}</span>'
     return txt
-
-
-def load_summary(path: Path) -> dict:
-    return json.loads(Path(path).read_text())
