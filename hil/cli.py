@@ -221,13 +221,13 @@ def _results_root(arg: str) -> Path:
     return root
 
 
-def _positive_int(text: str) -> int:
+def _positive_int(text: str, most: int = 10_000) -> int:
     try:
-        n = int(text)
+        n = int(text) if len(text) <= 12 else 0
     except ValueError:
         n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    if not 1 <= n <= most:
+        raise argparse.ArgumentTypeError(f"{text[:20]!r} is not a whole number from 1 to {most}")
     return n
 
 

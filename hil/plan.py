@@ -65,6 +65,13 @@ def make_plan(scenario: Scenario, profile: Profile | None = None) -> Plan:
         devices = tuple(profile.devices) + scenario.devices[len(scenario.profile.devices) :]
     else:
         profile, devices = scenario.profile, scenario.devices
+    if (ram := host.memory_bytes()) and profile.memory_mib << 20 > ram:
+        raise ValidationError(
+            [
+                f"{profile.path}: memory: {profile.memory_mib} MiB is more than this host has "
+                f"({ram >> 20} MiB); QEMU could not allocate it. Give the profile less memory."
+            ]
+        )
     accel, why = host.choose_accel(profile.accel, profile.boot)
     defines: list[tuple[str, str]] = []
     if scenario.image.boot_fault:

@@ -46,3 +46,40 @@ def test_results_that_is_a_file_is_invalid_input(tmp_path, capsys):
     f.write_text("x")
     assert main(["run", "scenarios/boot.yaml", "--results", str(f)]) == 2
     assert "is a file, not a directory" in capsys.readouterr().err
+
+
+def test_profile_memory_the_host_does_not_have_is_invalid_input(tmp_path, capsys):
+    prof = tmp_path / "big.yaml"
+    prof.write_text("machine: q35\nboot: pvh\nmemory: 512G\n")
+    sc = tmp_path / "s.yaml"
+    sc.write_text(f"profile: {prof}\nsteps:\n  - expect: '@stage ready'\n")
+    assert main(["validate", str(sc)]) == 2
+    err = capsys.readouterr().err
+    assert f"{prof}: memory: 524288 MiB is more than this host has" in err
+
+
+def test_qcow2_file_with_a_missing_backing_file_is_invalid_input(tmp_path, capsys):
+    import subprocess
+
+    base, top = tmp_path / "base.img", tmp_path / "top.qcow2"
+    base.write_bytes(bytes(1 << 20))
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(base), "-F", "raw", str(top)],
+        check=True,
+    )
+    base.unlink()
+    sc = tmp_path / "s.yaml"
+    sc.write_text(
+        "profile: q35-tcg-bios\ndevices:\n  - nvme: {file: top.qcow2}\n"
+        "steps:\n  - expect: '@stage ready'\n"
+    )
+    assert main(["validate", str(sc)]) == 2
+    err = capsys.readouterr().err
+    assert f"{top}: qemu-img cannot use this disk file" in err and "Traceback" not in err
+
+
+def test_repeat_beyond_reason_is_refused_at_once(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["run", "scenarios/boot.yaml", "--repeat", "1000000000000"])
+    assert e.value.code == 2
+    assert "is not a whole number from 1 to 10000" in capsys.readouterr().err
