@@ -54,6 +54,11 @@ class AttachContext:
     def add(self, *args: str) -> None:
         self.args += args
 
+    def once(self, *args: str) -> None:
+        """Arguments the machine needs once, however many devices ask (a -trace)."""
+        if not any(self.args[i : i + len(args)] == list(args) for i in range(len(self.args))):
+            self.args += args
+
     def file(self, suffix: str, filename: str) -> Path:
         """A per-run file of this device, recorded as artifact ``<name>.<suffix>``."""
         path = self.run_dir / filename

@@ -6,13 +6,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from .. import qemuopt
+from ..pattern import Pattern
+from ..steps.patterns import parse_pattern
 from . import disk
-from .base import AttachContext, DeviceKind, PciId
+from .base import AfterContext, AttachContext, DeviceKind, Finding, PciId
 from .registry import DEVICES
 
 ID = PciId(0x1B36, 0x0010, 0x010802)
@@ -25,6 +28,7 @@ class Nvme:
     fill: str = "zero"  # zero | lba | 0xNN
     file: Path | None = None  # or a copy-on-write overlay over this file
     serial: str = ""
+    errors_allowed: tuple[Pattern, ...] = ()  # QEMU trace lines that do not fail the run
     behind_root_port: bool = False
     kind = "nvme"
 
@@ -32,10 +36,30 @@ class Nvme:
 @DEVICES.register
 class NvmeKind(DeviceKind):
     name = "nvme"
-    keys = ("size", "fill", "file", "serial")
+    keys = ("size", "fill", "file", "serial", "errors_allowed")
     spec = Nvme
+    TRACES = ("pci_nvme_err_", "pci_nvme_ub_")
 
     def parse(self, f, ctx):
+        allowed = self._allowed(f, ctx)
+        if allowed is None:
+            return None
+        spec = self._disk(f, ctx)
+        return dataclasses.replace(spec, errors_allowed=allowed) if spec else None
+
+    def _allowed(self, f, ctx) -> tuple | None:
+        items = f.get(
+            "errors_allowed", list, [], example="errors_allowed: [pci_nvme_err_invalid_lba_range]"
+        )
+        if items is None:
+            return None
+        pats = [
+            parse_pattern(ctx.problems, p, f"{f.path('errors_allowed')}[{j}]", items.lines[j])
+            for j, p in enumerate(items)
+        ]
+        return None if None in pats else tuple(pats)
+
+    def _disk(self, f, ctx):
         file_raw = f.get("file", str, None, example="file: disks/test.img")
         serial = f.get("serial", str, "", example="serial: PXNVME0")
         if serial and not SERIAL.fullmatch(serial):
@@ -84,3 +108,32 @@ class NvmeKind(DeviceKind):
         serial = spec.serial or f"PXNVME{ctx.name.removeprefix('nvme')}"
         ctx.add("-drive", qemuopt.props(file=path, id=ctx.name, format=fmt, **{"if": "none"}))
         ctx.add("-device", qemuopt.opts("nvme", serial=serial, drive=ctx.name) + ctx.bus)
+        for prefix in self.TRACES:
+            ctx.once("-trace", f"{prefix}*")
+
+    def after(self, spec, ctx: AfterContext) -> list[Finding]:
+        """QEMU's error trace: every line no nvme device of the plan allows."""
+        if spec is not next(d for d in ctx.plan.devices if d.kind == "nvme"):
+            return []  # the trace is the machine's: judged once, by the first nvme
+        allowed = [p for d in ctx.plan.devices if d.kind == "nvme" for p in d.errors_allowed]
+        try:
+            with (ctx.run_dir / "qemu.log").open(errors="replace") as log:
+                bad = [
+                    ln.rstrip("\n")[:300]
+                    for ln in log
+                    if ln.startswith(self.TRACES) and not any(p.search(ln) for p in allowed)
+                ]
+        except OSError:
+            return []
+        if not bad:
+            return []
+        more = f" (and {len(bad) - 1} more in qemu.log)" if len(bad) > 1 else ""
+        return [
+            Finding(
+                "nvme",
+                "fail" if ctx.outcome == "pass" else "info",
+                f"QEMU's NVMe model reported an error the scenario does not allow: {bad[0]!r}{more}",
+                "device-error",
+                evidence=bad[:20],
+            )
+        ]
