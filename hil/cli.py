@@ -38,7 +38,8 @@ def _load_all(paths: list[str], profile: str | list[str] | None):
 
     profiles = profile if isinstance(profile, list) else [profile]
     scenarios, problems = [], []
-    files = list(dict.fromkeys(p.resolve() for p in _scenario_files(paths)))
+    # realpath, not Path.resolve(): a symlink loop must reach the loader's clear message.
+    files = list(dict.fromkeys(Path(os.path.realpath(p)) for p in _scenario_files(paths)))
     for path in files:
         for prof in list(dict.fromkeys(profiles)) or [None]:
             try:

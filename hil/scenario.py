@@ -13,8 +13,9 @@ from pathlib import Path
 
 from . import devices as dev
 from . import metrics
+from .pattern import Pattern, PatternError, compile_regex
 from .profile import Profile, load_profile, resolve, unknown_profile_hint
-from .yamlsrc import Fields, Problems, ValidationError, load, parse_size, suggest
+from .yamlsrc import Fields, Problems, ValidationError, excerpt, load, parse_size, suggest
 
 TOP_KEYS = (
     "name",
@@ -48,24 +49,6 @@ REFERENCES = ("none", "wgpu")
 DEFAULT_FAIL_ON = ("!EXC", "!PANIC")  # docs/console.md: exception and panic reports
 DEFAULT_READY = "@stage ready"
 DEFAULT_STEP_TIMEOUT = 10.0
-
-
-@dataclass(frozen=True)
-class Pattern:
-    """What a console line must contain: a literal substring, or a regex searched in it."""
-
-    text: str
-    regex: bool = False
-
-    @property
-    def compiled(self) -> re.Pattern:
-        return re.compile(self.text if self.regex else re.escape(self.text))
-
-    def search(self, line: str) -> re.Match | None:
-        return self.compiled.search(line)
-
-    def __str__(self) -> str:
-        return f"regex /{self.text}/" if self.regex else f"{self.text!r}"
 
 
 @dataclass(frozen=True)
@@ -261,13 +244,14 @@ def _pattern(problems: Problems, node, where: str, line) -> Pattern | None:
         if text is None:
             return None
         try:
-            re.compile(text)
-        except re.error as e:
+            compile_regex(text)
+        except PatternError as e:
             problems.add(
                 f.line_of("regex"),
                 f"{where}.regex",
-                f"invalid regular expression {text!r}: {e}. Fix the regex (escape "
-                "literal '.', '(', '[' and '+' with a backslash).",
+                f"invalid regular expression {excerpt(text)}: {e}. Fix the regex (escape "
+                "literal '.', '(', '[' and '+' with a backslash; the dialect is RE2, "
+                "docs/scenarios.md).",
             )
             return None
         return Pattern(text, regex=True)
@@ -275,7 +259,7 @@ def _pattern(problems: Problems, node, where: str, line) -> Pattern | None:
         line,
         where,
         "a pattern is a string (a literal substring of a console "
-        "line) or {regex: '...'} (a Python regular expression searched in a line).",
+        "line) or {regex: '...'} (an RE2 regular expression searched in a line).",
     )
     return None
 
