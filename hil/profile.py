@@ -81,7 +81,7 @@ def resolve(ref: str, relative_to: Path) -> Path | None:
         p = Path(os.path.realpath(relative_to / ref))
         return p if os.path.lexists(p) else None
     p = PROFILE_DIR / f"{ref}.yaml"
-    return p if p.is_file() else None
+    return p if os.path.isfile(p) else None  # os.path: False (not OSError) for a 1 MB name
 
 
 def unknown_profile_hint(ref: str) -> str:

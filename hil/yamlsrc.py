@@ -151,7 +151,7 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> LDict:
             raise _limit("this key cannot be used as a key", key_node.start_mark) from None
         if key in out:
             raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
+                None, None, f"duplicate key {excerpt(key, 40)}", key_node.start_mark
             )
         out[key] = loader.construct_object(value_node, deep=True)
         out.lines[key] = key_node.start_mark.line + 1
