@@ -330,7 +330,10 @@ def cmd_compare(ns: argparse.Namespace) -> int:
 def cmd_test(ns: argparse.Namespace) -> int:
     import pytest
 
-    return int(pytest.main([str(REPO / "tests"), *ns.pytest_args]))
+    args = list(ns.pytest_args)
+    # The whole suite unless the arguments name what to run (a file, a test id).
+    named = any(Path(a.split("::")[0]).exists() for a in args if not a.startswith("-"))
+    return int(pytest.main(args if named else [str(REPO / "tests"), *args]))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -424,8 +427,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.set_defaults(func=cmd_compare)
 
-    t = sub.add_parser("test", help="run the test suite (pytest; extra arguments go to it)")
-    t.add_argument("pytest_args", nargs=argparse.REMAINDER)
+    # Every argument after `test` is pytest's, '-q' and '-k NAME' included: no option
+    # prefix (and no -h) of our own, so argparse takes none of them for itself.
+    t = sub.add_parser(
+        "test",
+        help="run the test suite (pytest; every further argument goes to it)",
+        prefix_chars="\0",
+        add_help=False,
+    )
+    t.add_argument("pytest_args", nargs=argparse.REMAINDER, metavar="PYTEST_ARG")
     t.set_defaults(func=cmd_test)
     return p
 
