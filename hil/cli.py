@@ -451,6 +451,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGHUP, _terminate)
     try:
+        if ns.command in ("run", "nightly"):  # what killed runs left behind
+            from .janitor import at_start
+
+            at_start(Path(ns.results))
         return ns.func(ns)
     except ValidationError as e:
         for problem in e.problems:

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from hil import janitor
 from hil.errors import BuildError, InfraError, UserError
 from hil.vgpu import layout as vgpu_layout
 
@@ -515,6 +516,7 @@ def build(
     root.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=root))
     try:
+        janitor.claim(work)  # a SIGKILLed build's work dir is removed by the next hil
         version = read_version(src)
         boot_bin, elf, flat = _compile(src, work, defines, tools, cmdlog, log)
         size = measure(elf, budget)
@@ -540,6 +542,7 @@ def build(
         (work / "build.log").write_text("\n".join(cmdlog) + "\n")
         for leftover in work.glob("*.o"):
             leftover.unlink()
+        janitor.release(work)
         try:
             os.rename(work, final)
         except OSError:

@@ -168,7 +168,9 @@ def test_infra_error_is_retried_and_a_pass_on_retry_is_flaky(hil, tmp_path):
     sc = hil.scenario("profile: q35-tcg-bios\nsteps:\n  - expect: '@stage ready'\n")
     r = hil("run", str(sc), env={**hil.env, **_flaky_qemu(tmp_path, 1)})
     assert r.code == 0, r.out + r.err
-    first, second = (json.loads((d / "run.json").read_text()) for d in r.run_dirs)
+    # In the order they ran (the attempt number), not by directory name.
+    runs = [json.loads((d / "run.json").read_text()) for d in r.run_dirs]
+    first, second = sorted(runs, key=lambda run: run["batch"]["attempt"])
     assert first["verdict"]["outcome"] == "error" and "injected" in first["verdict"]["reason"]
     assert second["verdict"]["outcome"] == "pass"
     assert second["batch"]["attempt"] == 2 and second["batch"]["flaky"] is True
