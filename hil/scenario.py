@@ -368,7 +368,7 @@ def _expect(problems: Problems, f: Fields, common) -> Step | None:
     record = f.get("record", dict, {}, example="record: {busy: hex}")
     pairs = []
     for group, typ in (record or {}).items():
-        if typ not in RECORD_TYPES:
+        if not isinstance(typ, str) or typ not in RECORD_TYPES:
             f.error(
                 "record",
                 f"type {typ!r} for {group!r} is not one of "
