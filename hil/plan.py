@@ -66,6 +66,8 @@ def make_plan(scenario: Scenario) -> Plan:
     defines: list[tuple[str, str]] = []
     if scenario.image.boot_fault:
         defines.append(("PXOS_BOOT_FAULT", "1"))
+    if scenario.image.spin_idle:
+        defines.append(("PXOS_SPIN_IDLE", "1"))
     payload, gpu = None, None
     if scenario.gpu is not None:
         from .vgpu import payload as pl

@@ -42,7 +42,7 @@ RECORD_TYPES = {
 }
 EXIT_NAMES = {"shutdown": 1, "panic": 63}  # docs/console.md, "Exit codes"
 CHECKS = ("pci",)
-IMAGE_KEYS = ("boot_fault",)
+IMAGE_KEYS = ("boot_fault", "spin_idle")
 GPU_KEYS = ("program", "backend", "budget", "threads", "memory", "reference")
 GPU_BACKENDS = ("wgpu", "numpy")
 REFERENCES = ("none", "wgpu")
@@ -109,6 +109,7 @@ class Limit:
 @dataclass(frozen=True)
 class ImageOptions:
     boot_fault: bool = False
+    spin_idle: bool = False  # idle() busy-waits instead of hlt: cpu_idle's negative control
 
 
 @dataclass(frozen=True)
@@ -269,8 +270,9 @@ def _image(problems: Problems, node, line) -> ImageOptions:
         return ImageOptions()
     f = Fields(problems, node, "image", IMAGE_KEYS, line)
     boot_fault = f.get("boot_fault", bool, False)
+    spin_idle = f.get("spin_idle", bool, False)
     f.done()
-    return ImageOptions(boot_fault=bool(boot_fault))
+    return ImageOptions(boot_fault=bool(boot_fault), spin_idle=bool(spin_idle))
 
 
 def _gpu(problems: Problems, node, line, base_dir: Path) -> GpuOptions | None:
