@@ -38,7 +38,8 @@ def _load_all(paths: list[str], profile: str | list[str] | None):
 
     profiles = profile if isinstance(profile, list) else [profile]
     plans, problems = [], []
-    files = list(dict.fromkeys(p.resolve() for p in _scenario_files(paths)))
+    # realpath, not Path.resolve(): a symlink loop must reach the loader's clear message.
+    files = list(dict.fromkeys(Path(os.path.realpath(p)) for p in _scenario_files(paths)))
     for path in files:
         for prof in list(dict.fromkeys(profiles)) or [None]:
             try:
@@ -227,7 +228,9 @@ def _positive_int(text: str, most: int = 10_000) -> int:
     except ValueError:
         n = 0
     if not 1 <= n <= most:
-        raise argparse.ArgumentTypeError(f"{text[:20]!r} is not a whole number from 1 to {most}")
+        raise argparse.ArgumentTypeError(
+            f"{text[:20]!r} is not a whole number of at least 1 (and at most {most})"
+        )
     return n
 
 
@@ -343,7 +346,10 @@ def cmd_compare(ns: argparse.Namespace) -> int:
 def cmd_test(ns: argparse.Namespace) -> int:
     import pytest
 
-    return int(pytest.main([str(TESTS), *ns.pytest_args]))
+    args = list(ns.pytest_args)
+    # The whole suite unless the arguments name what to run (a file, a test id).
+    named = any(Path(a.split("::")[0]).exists() for a in args if not a.startswith("-"))
+    return int(pytest.main(args if named else [str(TESTS), *args]))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -437,8 +443,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.set_defaults(func=cmd_compare)
 
-    t = sub.add_parser("test", help="run the test suite (pytest; extra arguments go to it)")
-    t.add_argument("pytest_args", nargs=argparse.REMAINDER)
+    # Every argument after `test` is pytest's, '-q' and '-k NAME' included: no option
+    # prefix (and no -h) of our own, so argparse takes none of them for itself.
+    t = sub.add_parser(
+        "test",
+        help="run the test suite (pytest; every further argument goes to it)",
+        prefix_chars="\0",
+        add_help=False,
+    )
+    t.add_argument("pytest_args", nargs=argparse.REMAINDER, metavar="PYTEST_ARG")
     t.set_defaults(func=cmd_test)
     return p
 
@@ -454,6 +467,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGHUP, _terminate)
     try:
+        if ns.command in ("run", "nightly"):  # what killed runs left behind
+            from .janitor import at_start
+
+            at_start(Path(ns.results))
         return ns.func(ns)
     except ValidationError as e:
         for problem in e.problems:

@@ -76,6 +76,8 @@ def make_plan(scenario: Scenario, profile: Profile | None = None) -> Plan:
     defines: list[tuple[str, str]] = []
     if scenario.image.boot_fault:
         defines.append(("PXOS_BOOT_FAULT", "1"))
+    if scenario.image.spin_idle:
+        defines.append(("PXOS_SPIN_IDLE", "1"))
     planned = []
     owners = [(kind_of(d), d) for d in devices] + [(DEVICES[n], s) for n, s in scenario.sections]
     for kind, spec in owners:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,10 +85,12 @@ def available() -> list[str]:
 def resolve(ref: str, relative_to: Path) -> Path | None:
     """A profile reference -> file: a name in qemu_configs/, or a path to a YAML file."""
     if ref.endswith((".yaml", ".yml")) or "/" in ref:
-        p = (relative_to / ref).resolve()
-        return p if p.is_file() else None
+        # realpath, not resolve() (a symlink loop raises); anything that exists is
+        # returned so the loader can say what is wrong with it (a FIFO, a directory).
+        p = Path(os.path.realpath(relative_to / ref))
+        return p if os.path.lexists(p) else None
     p = PROFILE_DIR / f"{ref}.yaml"
-    return p if p.is_file() else None
+    return p if os.path.isfile(p) else None  # os.path: False (not OSError) for a 1 MB name
 
 
 def unknown_profile_hint(ref: str) -> str:

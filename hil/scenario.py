@@ -64,11 +64,14 @@ BASE_KEYS = (
     "steps",
     "metrics",
 )
-IMAGE_KEYS = ("boot_fault",)
+IMAGE_KEYS = ("boot_fault", "spin_idle")
 DEFAULT_FAIL_ON = ("!EXC", "!PANIC")  # docs/console.md: exception and panic reports
 DEFAULT_READY = "@stage ready"
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-RESERVED_NAMES = ("nightly", "history.sqlite", "README.md")  # beside runs in the results root
+# What the results root holds beside the run directories (docs/results.md).
+RESERVED_NAMES = ("nightly", "README.md") + tuple(
+    "history.sqlite" + x for x in ("", "-wal", "-shm", "-journal")
+)
 
 
 def top_keys() -> tuple[str, ...]:
@@ -87,6 +90,7 @@ class Limit:
 @dataclass(frozen=True)
 class ImageOptions:
     boot_fault: bool = False
+    spin_idle: bool = False  # idle() busy-waits instead of hlt: cpu_idle's negative control
 
 
 @dataclass(frozen=True)
@@ -253,8 +257,9 @@ def _image(problems: Problems, node, line) -> ImageOptions:
         return ImageOptions()
     f = Fields(problems, node, "image", IMAGE_KEYS, line)
     boot_fault = f.get("boot_fault", bool, False)
+    spin_idle = f.get("spin_idle", bool, False)
     f.done()
-    return ImageOptions(boot_fault=bool(boot_fault))
+    return ImageOptions(boot_fault=bool(boot_fault), spin_idle=bool(spin_idle))
 
 
 def _checks(problems: Problems, node, line, base_dir: Path) -> list[PostCheck]:
