@@ -1,0 +1,242 @@
+"""A run's passed-through devices: preflight, claim, bind; and the restore that always follows.
+
+    with Passthrough(bdfs, run_dir=run_dir) as p:   # preflight + state files + bind
+        qemu(..., *p.qemu_args())                   # the guest runs
+    # restored here: after the run, an exception, Ctrl-C, a QEMU crash
+
+A SIGKILL of hil skips ``__exit__``; the state files stay in the registry and the next
+hil (at start, or ``hil vfio restore``) calls :func:`restore_stale`, which restores
+every device whose owner process is dead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from ..errors import InfraError
+from .bdf import Bdf, qemu_args
+from .bind import Binder, BindError, Restored, RestoreError
+from .checks import Preflight, Runner, run_command
+from .host import PciHost
+from .state import (
+    DEFAULT_REGISTRY,
+    Processes,
+    Record,
+    Registry,
+    StateError,
+    write_run_copy,
+)
+from .sysfs import Sysfs
+
+_DEFERRED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class DeviceBusy(InfraError):
+    """Another live hil run holds the device (exit 3; nothing changed)."""
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold Ctrl-C/SIGTERM/SIGHUP until a bind or restore is complete.
+
+    A signal in the middle of the driver dance would leave the device half-moved;
+    deferred, it arrives a moment later and the usual restore path runs.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+class Passthrough:
+    """Context manager owning a run's passed-through devices from preflight to restore."""
+
+    def __init__(
+        self,
+        devices: Sequence[Bdf],
+        *,
+        run_dir: str | Path,
+        registry: str | Path = DEFAULT_REGISTRY,
+        sysfs: Sysfs | None = None,
+        allow_noiommu: bool = False,
+        runner: Runner = run_command,
+        procs: Processes | None = None,
+        where: str = "passthrough",
+    ):
+        self.devices = list(devices)
+        self.run_dir = Path(run_dir)
+        self.registry = Registry(registry)
+        self.fs = sysfs or Sysfs("/")
+        self.host = PciHost(self.fs)
+        self.preflight = Preflight(self.fs, allow_noiommu=allow_noiommu, runner=runner)
+        self.binder = Binder(self.fs)
+        self.procs = procs or Processes()
+        self.where = where
+        self.held: list[Record] = []  # claimed by us, in claim order
+        self.restored: list[Restored] = []
+
+    # --- entering ----------------------------------------------------------------------
+    def __enter__(self) -> Passthrough:
+        self.preflight.run(self.devices, self.where)
+        self._claim_all()
+        try:
+            with signals_deferred():
+                for record in self.held:
+                    self.binder.bind_vfio(record.bdf)
+            problems = [
+                f"passthrough {b}: {p.reason}. Fix: {p.fix}."
+                for b in self.devices
+                for p in self.preflight.node_problems(b)
+            ]
+            if problems:
+                raise BindError(" ".join(problems))
+        except BaseException:
+            self._restore_all(raise_errors=False)
+            raise
+        return self
+
+    def _claim_all(self) -> None:
+        me = self.procs.me()
+        for bdf in self.devices:
+            record = Record(
+                bdf=bdf,
+                driver=self.host.driver(bdf),
+                override=self.host.override(bdf),
+                owner=me,
+                time=time.time(),
+                run_dir=str(self.run_dir),
+            )
+            try:
+                self._claim(record)
+            except BaseException:
+                for held in self.held:  # nothing is bound yet: dropping the claims is all
+                    self.registry.release(held.bdf)
+                self.held.clear()
+                raise
+            write_run_copy(record)
+
+    def _claim(self, record: Record) -> None:
+        try:
+            self.registry.claim(record)
+        except FileExistsError:
+            other = self.registry.read(record.bdf)
+            if other is not None and self.procs.alive(other.owner):
+                raise DeviceBusy(
+                    f"{self.where}: {record.bdf} is in use by another hil run (pid"
+                    f" {other.owner.pid}, run directory {other.run_dir or '?'}, since"
+                    f" {time.strftime('%H:%M:%S', time.localtime(other.time))}). Wait for it"
+                    f" to finish or pass another device; nothing on the host was changed."
+                ) from None
+            if other is not None:  # a dead owner's device: give it back, then take it
+                with signals_deferred():
+                    self.binder.restore(other, str(self.registry.path(record.bdf)))
+                self.registry.release(record.bdf)
+            else:
+                self.registry.release(record.bdf)
+            # The device may have moved back: record what it is *now*.
+            record = replace(
+                record, driver=self.host.driver(record.bdf), override=self.host.override(record.bdf)
+            )
+            self.registry.claim(record)
+        self.held.append(record)
+
+    # --- using -------------------------------------------------------------------------
+    def qemu_args(self, rom: dict[Bdf, bool] | None = None) -> list[str]:
+        """``-device vfio-pci,host=...`` for each device (``rom[bdf]=False``: rombar=0)."""
+        out: list[str] = []
+        for bdf in self.devices:
+            out += qemu_args(bdf, rom=(rom or {}).get(bdf, True))
+        return out
+
+    def group_nodes(self) -> list[Path]:
+        """The /dev/vfio group nodes QEMU will open (for a sandbox or a log)."""
+        nodes = []
+        for bdf in self.devices:
+            group = self.host.group(bdf)
+            node = None if group is None else self.host.group_node(group)
+            if node is not None and self.fs.path(node) not in nodes:
+                nodes.append(self.fs.path(node))
+        return nodes
+
+    # --- leaving -----------------------------------------------------------------------
+    def __exit__(self, *exc: object) -> None:
+        self._restore_all(raise_errors=True)
+
+    def _restore_all(self, raise_errors: bool) -> None:
+        """Restore every held device (reverse order); raise one RestoreError for all failures.
+
+        With ``raise_errors`` False (the bind itself failed and its error is on its way
+        up) a failed restore is appended to nothing: its state file stays and
+        restore_stale picks it up; the bind error already tells the user to look.
+        """
+        errors = []
+        with signals_deferred():
+            for record in reversed(self.held):
+                path = str(self.registry.path(record.bdf))
+                try:
+                    self.restored.append(self.binder.restore(record, path))
+                except RestoreError as e:
+                    errors.append(str(e))
+                    continue
+                _finish(self.registry, record)
+        self.held = [r for r in self.held if self.registry.path(r.bdf).exists()]
+        if errors and raise_errors:
+            raise RestoreError(" ".join(errors))
+
+
+def _finish(registry: Registry, record: Record) -> None:
+    """A restored device: mark the run's copy, then drop the lock."""
+    with contextlib.suppress(OSError):  # the run directory may be gone by now
+        write_run_copy(record.restored_copy())
+    registry.release(record.bdf)
+
+
+def restore_stale(
+    registry: str | Path = DEFAULT_REGISTRY,
+    *,
+    sysfs: Sysfs | None = None,
+    procs: Processes | None = None,
+) -> list[str]:
+    """Restore every device whose state file's owner is dead; one line per device restored.
+
+    Entries of live hil runs are left alone.  Raises RestoreError (listing what to run
+    by hand) after trying every entry when any could not be restored or read.
+    """
+    reg = Registry(registry)
+    procs = procs or Processes()
+    binder = Binder(sysfs or Sysfs("/"))
+    done, errors = [], []
+    for path in reg.entries():
+        bdf = Bdf.parse(path.stem)
+        try:
+            record = reg.read(bdf) if bdf is not None else None
+            if record is None:
+                raise StateError(f"{path}: not named after a PCI address")
+        except StateError as e:
+            errors.append(f"{e} Inspect it and delete it by hand.")
+            continue
+        if procs.alive(record.owner):
+            continue
+        try:
+            with signals_deferred():
+                restored = binder.restore(record, str(path))
+        except RestoreError as e:
+            errors.append(str(e))
+            continue
+        _finish(reg, record)
+        done.append(f"{restored.message} (left by hil pid {record.owner.pid}, no longer running)")
+    if errors:
+        err = RestoreError(" ".join(errors))
+        err.restored = done  # type: ignore[attr-defined]
+        raise err
+    return done
