@@ -119,12 +119,15 @@ class Binder:
             return  # another driver took it: not ours to unbind; _failed says what to do
         if record.driver is None:
             return
-        self.fs.write(fs.DRIVERS_PROBE, str(bdf))
-        if self._settles(bdf, record.driver):
-            return
-        # The probe picked nothing (or another driver wins the match): ask the original
-        # one directly, as libvirt's reattach does.
-        if self.host.driver(bdf) is None and self.fs.exists(fs.driver_file(record.driver, "bind")):
+        try:
+            self.fs.write(fs.DRIVERS_PROBE, str(bdf))
+            if self._settles(bdf, record.driver):
+                return
+        except OSError:
+            pass  # the driver's own bind file below is the second way in
+        # The probe picked nothing (or failed): ask the original driver directly, as
+        # libvirt's reattach does.
+        if self.host.driver(bdf) is None:
             self.fs.write(fs.driver_file(record.driver, "bind"), str(bdf))
             self._settles(bdf, record.driver)
 

@@ -12,6 +12,7 @@ every device whose owner process is dead.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 import time
@@ -19,7 +20,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from ..errors import InfraError
+from ..errors import HilError, InfraError
 from .bdf import Bdf, qemu_args
 from .bind import Binder, BindError, Restored, RestoreError
 from .checks import Preflight, Runner, run_command
@@ -35,6 +36,10 @@ from .state import (
 from .sysfs import Sysfs
 
 _DEFERRED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# (pid, bdf) of the devices this process's Passthroughs hold; the pid keeps a forked
+# child (hil run -j) from taking its parent's entries for its own.
+_HELD: set[tuple[int, Bdf]] = set()
+_HELD_LOCK = threading.Lock()
 
 
 class DeviceBusy(InfraError):
@@ -100,8 +105,12 @@ class Passthrough:
             ]
             if problems:
                 raise BindError(" ".join(problems))
-        except BaseException:
-            self._restore_all(raise_errors=False)
+        except BaseException as e:
+            try:
+                self._restore_all()
+            except RestoreError as r:
+                # The device is not back: that, and what to run by hand, is the news.
+                raise RestoreError(f"{e} {r}" if isinstance(e, HilError) else str(r)) from e
             raise
         return self
 
@@ -121,6 +130,8 @@ class Passthrough:
             except BaseException:
                 for held in self.held:  # nothing is bound yet: dropping the claims is all
                     self.registry.release(held.bdf)
+                    with _HELD_LOCK:
+                        _HELD.discard((os.getpid(), held.bdf))
                 self.held.clear()
                 raise
             write_run_copy(record)
@@ -130,7 +141,7 @@ class Passthrough:
             self.registry.claim(record)
         except FileExistsError:
             other = self.registry.read(record.bdf)
-            if other is not None and self.procs.alive(other.owner):
+            if other is not None and self._in_use(other):
                 raise DeviceBusy(
                     f"{self.where}: {record.bdf} is in use by another hil run (pid"
                     f" {other.owner.pid}, run directory {other.run_dir or '?'}, since"
@@ -149,6 +160,21 @@ class Passthrough:
             )
             self.registry.claim(record)
         self.held.append(record)
+        with _HELD_LOCK:
+            _HELD.add((os.getpid(), record.bdf))
+
+    def _in_use(self, other: Record) -> bool:
+        """Whether ``other``'s owner still holds the device.
+
+        A state file of this very process that no Passthrough of it holds is a leftover
+        of an earlier run whose restore failed (a batch runs many in one process).
+        """
+        if not self.procs.alive(other.owner):
+            return False
+        if other.owner.pid != os.getpid():
+            return True
+        with _HELD_LOCK:
+            return (os.getpid(), other.bdf) in _HELD
 
     # --- using -------------------------------------------------------------------------
     def qemu_args(self, rom: dict[Bdf, bool] | None = None) -> list[str]:
@@ -170,14 +196,13 @@ class Passthrough:
 
     # --- leaving -----------------------------------------------------------------------
     def __exit__(self, *exc: object) -> None:
-        self._restore_all(raise_errors=True)
+        self._restore_all()
 
-    def _restore_all(self, raise_errors: bool) -> None:
-        """Restore every held device (reverse order); raise one RestoreError for all failures.
+    def _restore_all(self) -> None:
+        """Restore every held device (reverse order); one RestoreError for all failures.
 
-        With ``raise_errors`` False (the bind itself failed and its error is on its way
-        up) a failed restore is appended to nothing: its state file stays and
-        restore_stale picks it up; the bind error already tells the user to look.
+        A device that could not be restored keeps its state file, so that a later hil
+        (restore_stale) can retry it once the cause is fixed.
         """
         errors = []
         with signals_deferred():
@@ -185,12 +210,14 @@ class Passthrough:
                 path = str(self.registry.path(record.bdf))
                 try:
                     self.restored.append(self.binder.restore(record, path))
+                    _finish(self.registry, record)
                 except RestoreError as e:
-                    errors.append(str(e))
-                    continue
-                _finish(self.registry, record)
-        self.held = [r for r in self.held if self.registry.path(r.bdf).exists()]
-        if errors and raise_errors:
+                    errors.append(str(e))  # its state file stays for restore_stale
+                finally:
+                    with _HELD_LOCK:
+                        _HELD.discard((os.getpid(), record.bdf))
+        self.held = []
+        if errors:
             raise RestoreError(" ".join(errors))
 
 
