@@ -120,6 +120,8 @@ class FakeHost:
         if driver is not None:
             _link(self.root, f"{path}/driver", f"sys/bus/pci/drivers/{driver}")
             _link(self.root, f"sys/bus/pci/drivers/{driver}/{bdf}", path)
+            if driver == "vfio-pci" and group is not None:
+                (self.root / f"dev/vfio/{group}").write_text("")
         return path
 
     def join_group(self, bdf: str, group: int) -> None:
@@ -305,3 +307,22 @@ class FakeKernel(Sysfs):
         members = self.listdir(f"sys/kernel/iommu_groups/{group}/devices")
         if not any(self._current(m) == "vfio-pci" for m in members):
             node.unlink(missing_ok=True)
+
+
+def hold_device(root: str, registry: str, run_dir: str, bdf: str) -> None:
+    """Child-process body: bind ``bdf`` in the fake tree at ``root``, say so, wait to be killed."""
+    import sys
+    import time
+
+    from hil.vfio import Passthrough
+
+    def no_commands(argv: object) -> tuple[int, str]:
+        raise AssertionError(f"the child must not run {argv}")
+
+    kernel = FakeKernel(Path(root))
+    with Passthrough(
+        [Bdf.parse(bdf)], run_dir=run_dir, registry=registry, sysfs=kernel, runner=no_commands
+    ):
+        sys.stdout.write("bound\n")
+        sys.stdout.flush()
+        time.sleep(120)  # the test kills us long before this

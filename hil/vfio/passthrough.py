@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..errors import HilError, InfraError
 from .bdf import Bdf, qemu_args
-from .bind import Binder, BindError, Restored, RestoreError
+from .bind import SETTLE_S, Binder, BindError, Restored, RestoreError
 from .checks import Preflight, Runner, run_command
 from .host import PciHost
 from .state import (
@@ -31,6 +31,7 @@ from .state import (
     Record,
     Registry,
     StateError,
+    run_copy_path,
     write_run_copy,
 )
 from .sysfs import Sysfs
@@ -77,6 +78,7 @@ class Passthrough:
         runner: Runner = run_command,
         procs: Processes | None = None,
         where: str = "passthrough",
+        settle_s: float = SETTLE_S,
     ):
         self.devices = list(devices)
         self.run_dir = Path(run_dir)
@@ -84,7 +86,7 @@ class Passthrough:
         self.fs = sysfs or Sysfs("/")
         self.host = PciHost(self.fs)
         self.preflight = Preflight(self.fs, allow_noiommu=allow_noiommu, runner=runner)
-        self.binder = Binder(self.fs)
+        self.binder = Binder(self.fs, settle_s)
         self.procs = procs or Processes()
         self.where = where
         self.held: list[Record] = []  # claimed by us, in claim order
@@ -95,6 +97,7 @@ class Passthrough:
         self.preflight.run(self.devices, self.where)
         self._claim_all()
         try:
+            self._write_run_copies()
             with signals_deferred():
                 for record in self.held:
                     self.binder.bind_vfio(record.bdf)
@@ -134,7 +137,15 @@ class Passthrough:
                         _HELD.discard((os.getpid(), held.bdf))
                 self.held.clear()
                 raise
-            write_run_copy(record)
+
+    def _write_run_copies(self) -> None:
+        for record in self.held:
+            try:
+                write_run_copy(record)
+            except OSError as e:
+                raise InfraError(
+                    f"cannot write {run_copy_path(record.run_dir, record.bdf)}: {e.strerror}"
+                ) from None
 
     def _claim(self, record: Record) -> None:
         try:
