@@ -324,6 +324,16 @@ def test_failed_restore_keeps_the_state_and_says_what_to_run(kernel, dirs):
     assert registry_files(dirs) == []
 
 
+def test_failed_restore_of_an_unloaded_driver_says_modprobe(fake, kernel, dirs):
+    with pytest.raises(RestoreError) as e:
+        with passthrough(kernel, dirs, [NVME]):
+            fake.unload_driver("nvme")  # rmmod nvme meanwhile
+    msg = str(e.value)
+    assert "By hand, as root: modprobe nvme; echo > " in msg
+    assert "echo 0000:01:00.0 > /sys/bus/pci/drivers/nvme/bind" in msg
+    assert registry_files(dirs) == ["0000:01:00.0.json"]
+
+
 def test_failed_restore_after_failed_bind_reports_both(kernel, dirs):
     kernel.fail("sys/bus/pci/drivers_probe", errno.ENODEV)
     kernel.fail("sys/bus/pci/drivers/vfio-pci/unbind", errno.EBUSY)

@@ -76,6 +76,14 @@ class FakeHost:
         meta[name] = list(ids)
         (self.root / _META).write_text(json.dumps(meta))
 
+    def unload_driver(self, name: str) -> None:
+        """rmmod: the driver lets go of its devices and its directory goes."""
+        d = self.root / "sys/bus/pci/drivers" / name
+        for entry in d.iterdir():
+            if entry.is_symlink():
+                (entry / "driver").unlink()
+        shutil.rmtree(d)
+
     def load_vfio(self, noiommu: bool = False) -> None:
         """What `modprobe vfio-pci` does: the driver, its modules, /dev/vfio/vfio."""
         self.add_driver("vfio-pci")
@@ -232,7 +240,9 @@ class FakeKernel(Sysfs):
 
     # --- the driver core -----------------------------------------------------------------
     def _drivers(self) -> dict[str, list[str]]:
-        return json.loads(self.path(_META).read_text())
+        """The loaded drivers (those with a directory) and the ids each matches."""
+        meta = json.loads(self.path(_META).read_text())
+        return {d: ids for d, ids in meta.items() if self.exists(f"sys/bus/pci/drivers/{d}")}
 
     def _matches(self, driver: str, bdf: str) -> bool:
         override = self.read(f"sys/bus/pci/devices/{bdf}/driver_override")

@@ -136,16 +136,26 @@ class Binder:
             f"passthrough {record.bdf}: could not give the device back to"
             f" {record.driver or 'no driver'}: {why}. Its state file is kept"
             f"{f' ({registry_file})' if registry_file else ''}. By hand, as root:"
-            f" {'; '.join(manual_restore(record, self.host.driver(record.bdf), registry_file))}"
+            f" {'; '.join(self.manual(record, registry_file))}"
             " (or `hil vfio restore` once the cause is fixed)."
         )
 
+    def manual(self, record: Record, registry_file: str = "") -> list[str]:
+        """The shell commands that restore ``record`` from where the device is now."""
+        driver = record.driver
+        loaded = driver is None or self.fs.exists(f"{fs.PCI_DRIVERS}/{driver}")
+        return manual_restore(record, self.host.driver(record.bdf), registry_file, loaded)
 
-def manual_restore(record: Record, now: str | None, registry_file: str = "") -> list[str]:
+
+def manual_restore(
+    record: Record, now: str | None, registry_file: str = "", driver_loaded: bool = True
+) -> list[str]:
     """The shell commands that restore ``record`` from the device's current driver ``now``."""
     bdf = record.bdf
     override = f"/{fs.device(bdf, 'driver_override')}"
     cmds = [f"echo {record.override} > {override}" if record.override else f"echo > {override}"]
+    if not driver_loaded:
+        cmds.insert(0, f"modprobe {record.driver}")
     if now is not None and now != record.driver:
         cmds.append(f"echo {bdf} > /{fs.driver_file(now, 'unbind')}")
     if record.driver is not None and now != record.driver:

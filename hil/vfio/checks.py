@@ -50,6 +50,7 @@ class Preflight:
         self.fs = sysfs
         self.allow_noiommu = allow_noiommu
         self.runner = runner
+        self._protected: dict[Bdf, str] | None = None
 
     # --- the whole run -------------------------------------------------------------------
     def run(self, bdfs: Sequence[Bdf], where: str = "passthrough") -> None:
@@ -128,7 +129,9 @@ class Preflight:
                     "pass the device behind the bridge instead",
                 )
             )
-        why = self.host.protected().get(bdf)
+        if self._protected is None:  # one look per preflight: doctor asks for every device
+            self._protected = self.host.protected()
+        why = self._protected.get(bdf)
         if why:
             out.append(Problem(why, "pass another device: the host cannot run without this one"))
         if not f.has_reset:
