@@ -190,7 +190,7 @@ def test_bind_then_restore_after_the_run(kernel, dirs):
         ("sys/bus/pci/drivers_probe", "0000:01:00.0"),
         ("sys/bus/pci/devices/0000:01:00.0/driver_override", "\n"),
         ("sys/bus/pci/drivers/vfio-pci/unbind", "0000:01:00.0"),
-        ("sys/bus/pci/drivers_probe", "0000:01:00.0"),
+        ("sys/bus/pci/drivers/nvme/bind", "0000:01:00.0"),
     ]
     assert driver_of(kernel, NVME) == "nvme" and override_of(kernel, NVME) is None
     assert not kernel.exists("dev/vfio/5")
@@ -303,11 +303,24 @@ def test_device_disappearing_during_bind_is_reported(fake, kernel, dirs):
     assert record["restored"] is not None
 
 
-def test_restore_falls_back_to_the_drivers_bind_file(kernel, dirs):
+def test_restore_falls_back_to_a_reprobe(kernel, dirs):
     with passthrough(kernel, dirs, [NVME]):
-        kernel.fail("sys/bus/pci/drivers_probe", errno.ENODEV)
+        kernel.fail("sys/bus/pci/drivers/nvme/bind", errno.ENODEV)
     assert driver_of(kernel, NVME) == "nvme"
-    assert kernel.writes[-1] == ("sys/bus/pci/drivers/nvme/bind", "0000:01:00.0")
+    assert kernel.writes[-2:] == [
+        ("sys/bus/pci/drivers/nvme/bind", "0000:01:00.0"),
+        ("sys/bus/pci/drivers_probe", "0000:01:00.0"),
+    ]
+
+
+def test_restore_gives_the_device_to_its_recorded_driver_not_the_probe_winner(fake, kernel, dirs):
+    # The device was bound by hand to a second matching driver; a reprobe would pick nvme.
+    fake.add_driver("nvme-alt", ("144d:a808",))
+    kernel.write("sys/bus/pci/drivers/nvme/unbind", "0000:01:00.0")
+    kernel.write("sys/bus/pci/drivers/nvme-alt/bind", "0000:01:00.0")
+    with passthrough(kernel, dirs, [NVME]):
+        pass
+    assert driver_of(kernel, NVME) == "nvme-alt"
 
 
 def test_failed_restore_keeps_the_state_and_says_what_to_run(kernel, dirs):
@@ -676,8 +689,8 @@ def test_signals_are_deferred_during_bind_and_restore():
 # --- doctor ------------------------------------------------------------------------------------
 
 
-def test_doctor_report_on_the_fake_host(kernel):
-    lines = doctor_report(kernel)
+def test_doctor_report_on_the_fake_host(kernel, dirs):
+    lines = doctor_report(kernel, registry=dirs["registry"])
     text = "\n".join(lines)
     assert lines[:2] == ["IOMMU: active (dmar0)", "vfio-pci: loaded"]
     assert "IOMMU group 5:" in lines
@@ -704,9 +717,9 @@ def _real_pci() -> list[str]:
 
 
 @pytest.mark.skipif(not _real_pci(), reason="this machine's /sys lists no PCI devices")
-def test_doctor_report_reads_the_real_sys_without_writing():
+def test_doctor_report_reads_the_real_sys_without_writing(tmp_path):
     real = ReadOnlySysfs("/")
-    lines = doctor_report(real)
+    lines = doctor_report(real, registry=tmp_path / "registry")
     text = "\n".join(lines)
     for name in os.listdir("/sys/bus/pci/devices"):
         assert f"  {name}  " in text, name
@@ -719,3 +732,62 @@ def test_doctor_report_reads_the_real_sys_without_writing():
     # Whatever holds / and the default route here is never offered.
     for bdf in host.protected():
         assert re.search(rf"{bdf} .* not bindable: .*(root filesystem|default route)", text)
+
+
+def test_doctor_report_names_who_holds_a_device(fake, kernel, dirs):
+    me = Processes().me()
+    bound_by(kernel, dirs, Owner(me.pid, me.start_time - 1, me.boot_id))
+    fake.add_device("0000:09:00.0", "144d:a808", driver="nvme", group=13)
+    child = spawn_holder(fake, dirs, Bdf.parse("0000:09:00.0"))
+    try:
+        lines = doctor_report(kernel, registry=dirs["registry"])
+    finally:
+        child.kill()
+        child.communicate()
+    [dead] = [ln for ln in lines if ln.startswith("  0000:01:00.0")]
+    assert dead.endswith(f"hil pid {me.pid}, which died: `hil vfio restore` gives it back")
+    [live] = [ln for ln in lines if ln.startswith("  0000:09:00.0")]
+    assert live.endswith(f"held by hil pid {child.pid} ({dirs['run_dir']})")
+    assert "driver vfio-pci" in live
+
+
+def test_a_group_another_hil_holds_part_of_is_refused(fake, kernel, dirs, tmp_path):
+    fake.add_device("0000:09:00.0", "144d:a808", driver="nvme", group=13)
+    fake.add_device("0000:09:00.1", "1234:0001", 0x088000, group=13)  # no driver
+    child = spawn_holder(fake, dirs, Bdf.parse("0000:09:00.0"))
+    try:
+        with pytest.raises(DeviceBusy) as e:
+            with passthrough(
+                kernel, {**dirs, "run_dir": tmp_path / "run2"}, [Bdf.parse("09:00.1")]
+            ):
+                pass
+    finally:
+        child.kill()
+        child.communicate()
+    assert "shares IOMMU group 13 with 0000:09:00.0" in str(e.value)
+    assert f"pid {child.pid}" in str(e.value)
+    assert kernel.writes == []
+
+
+def test_signals_are_deferred_with_other_threads_running():
+    # With a second thread alive, a process-directed signal may land on it; the handler
+    # still runs in the main thread, and must still wait for the block to end.
+    import threading
+
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    got = []
+    old = signal.signal(signal.SIGTERM, lambda *a: got.append(time.monotonic()))
+    try:
+        with signals_deferred():
+            for _ in range(20):
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.005)
+            assert got == []
+            left = time.monotonic()
+        assert len(got) == 1 and got[0] >= left  # raised again once, right away
+    finally:
+        signal.signal(signal.SIGTERM, old)
+        stop.set()
+        other.join()

@@ -5,8 +5,8 @@ then check it ended on vfio-pci.  The override (rather than vfio-pci's new_id) m
 the kernel match that one function only, never its twins on the same host.
 
 Restore converges from whatever state the device is in (a bind interrupted half-way
-included) to the recorded one: override back, unbind from vfio-pci, probe (or the
-original driver's bind file), check.  It is safe to run twice.
+included) to the recorded one: override back, unbind from vfio-pci, the original
+driver's bind file (or a reprobe), check.  It is safe to run twice.
 """
 
 from __future__ import annotations
@@ -119,16 +119,20 @@ class Binder:
             return  # another driver took it: not ours to unbind; _failed says what to do
         if record.driver is None:
             return
+        # The recorded driver's own bind file first: it gives the device to exactly
+        # that driver (a reprobe could pick another that matches too).  If that driver
+        # is gone or refuses, a reprobe (what libvirt does) is the second way.
+        bind = fs.driver_file(record.driver, "bind")
+        if not self.fs.exists(bind):
+            return  # not loaded: a reprobe could only pick a wrong driver; _failed says modprobe
         try:
-            self.fs.write(fs.DRIVERS_PROBE, str(bdf))
+            self.fs.write(bind, str(bdf))
             if self._settles(bdf, record.driver):
                 return
         except OSError:
-            pass  # the driver's own bind file below is the second way in
-        # The probe picked nothing (or failed): ask the original driver directly, as
-        # libvirt's reattach does.
+            pass
         if self.host.driver(bdf) is None:
-            self.fs.write(fs.driver_file(record.driver, "bind"), str(bdf))
+            self.fs.write(fs.DRIVERS_PROBE, str(bdf))
             self._settles(bdf, record.driver)
 
     def _failed(self, record: Record, why: str, registry_file: str) -> RestoreError:

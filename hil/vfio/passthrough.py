@@ -27,6 +27,7 @@ from .checks import Preflight, Runner, run_command
 from .host import PciHost
 from .state import (
     DEFAULT_REGISTRY,
+    Owner,
     Processes,
     Record,
     Registry,
@@ -52,16 +53,28 @@ def signals_deferred() -> Iterator[None]:
     """Hold Ctrl-C/SIGTERM/SIGHUP until a bind or restore is complete.
 
     A signal in the middle of the driver dance would leave the device half-moved;
-    deferred, it arrives a moment later and the usual restore path runs.
+    deferred, it is raised again as soon as the block ends and the usual path (restore)
+    runs.  The Python handlers are swapped rather than the signal mask: any thread may
+    receive a process-directed signal, but its handler always runs in the main thread.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED)
+    caught: list[int] = []
+    old = {}
+    for sig in _DEFERRED:
+        handler = signal.getsignal(sig)
+        if handler is None:  # installed outside Python: cannot be put back, leave it
+            continue
+        old[sig] = handler
+        signal.signal(sig, lambda signum, frame: caught.append(signum))
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        for sig in dict.fromkeys(caught):
+            signal.raise_signal(sig)
 
 
 class Passthrough:
@@ -118,7 +131,28 @@ class Passthrough:
         return self
 
     def _claim_all(self) -> None:
-        me = self.procs.me()
+        with self.registry.locked():
+            self._refuse_busy_groups()
+            self._claim_each(self.procs.me())
+
+    def _refuse_busy_groups(self) -> None:
+        """A group member held by another live hil: its QEMU has the group open."""
+        for bdf in self.devices:
+            group = self.host.group(bdf)
+            members = [] if group is None else self.host.group_members(group)
+            for member in members:
+                if member in self.devices:
+                    continue
+                other = self.registry.read(member)
+                if other is not None and self._in_use(other):
+                    raise DeviceBusy(
+                        f"{self.where}: {bdf} shares IOMMU group {group} with {member}, which"
+                        f" another hil run holds (pid {other.owner.pid}, run directory"
+                        f" {other.run_dir or '?'}); a group goes to one guest at a time. Wait"
+                        " for that run to finish; nothing on the host was changed."
+                    )
+
+    def _claim_each(self, me: Owner) -> None:
         for bdf in self.devices:
             record = Record(
                 bdf=bdf,
@@ -251,8 +285,20 @@ def restore_stale(
     by hand) after trying every entry when any could not be restored or read.
     """
     reg = Registry(registry)
+    if not reg.entries():  # the common case: nothing to do, and no lock to take
+        return []
     procs = procs or Processes()
     binder = Binder(sysfs or Sysfs("/"))
+    with reg.locked():
+        done, errors = _restore_dead(reg, procs, binder)
+    if errors:
+        err = RestoreError(" ".join(errors))
+        err.restored = done  # type: ignore[attr-defined]
+        raise err
+    return done
+
+
+def _restore_dead(reg: Registry, procs: Processes, binder: Binder) -> tuple[list[str], list[str]]:
     done, errors = [], []
     for path in reg.entries():
         bdf = Bdf.parse(path.stem)
@@ -273,8 +319,4 @@ def restore_stale(
             continue
         _finish(reg, record)
         done.append(f"{restored.message} (left by hil pid {record.owner.pid}, no longer running)")
-    if errors:
-        err = RestoreError(" ".join(errors))
-        err.restored = done  # type: ignore[attr-defined]
-        raise err
-    return done
+    return done, errors

@@ -12,10 +12,13 @@ kernel has since given to another process is not mistaken for the owner.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -130,6 +133,7 @@ def _write_atomic(path: Path, text: str, *, exclusive: bool) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
+            os.fchmod(f.fileno(), 0o644)  # any hil may read who holds a device
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
@@ -179,6 +183,29 @@ class Registry:
             return sorted(p for p in self.root.iterdir() if p.suffix == ".json")
         except FileNotFoundError:
             return []
+        except OSError as e:
+            raise StateError(f"cannot list the vfio registry {self.root}: {e.strerror}") from None
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Exclusive use of the registry while devices are claimed, taken over or restored.
+
+        Two hil runs finding the same dead owner's file must not both restore it and
+        then both claim it; flock is dropped by the kernel if its holder dies.
+        """
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise InfraError(
+                f"cannot use the vfio registry {self.root}: {e.strerror}. Run hil as root"
+                " or point the registry at a writable directory."
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
     def release(self, bdf: Bdf) -> None:
         self.path(bdf).unlink(missing_ok=True)
