@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import sysfs as fs
 from .bdf import Bdf
 from .checks import Preflight
 from .host import PciHost

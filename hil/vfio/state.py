@@ -193,9 +193,14 @@ class Registry:
         Two hil runs finding the same dead owner's file must not both restore it and
         then both claim it; flock is dropped by the kernel if its holder dies.
         """
+        lock = self.root / ".lock"
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except PermissionError:
+            # Another user's registry: flock needs only a read-only descriptor, so a
+            # non-root hil can still look (and leave live runs' devices alone).
+            fd = self._open_readonly(lock)
         except OSError as e:
             raise InfraError(
                 f"cannot use the vfio registry {self.root}: {e.strerror}. Run hil as root"
@@ -206,6 +211,15 @@ class Registry:
             yield
         finally:
             os.close(fd)
+
+    def _open_readonly(self, lock: Path) -> int:
+        try:
+            return os.open(lock, os.O_RDONLY)
+        except OSError as e:
+            raise InfraError(
+                f"cannot use the vfio registry {self.root}: {e.strerror}. Run hil as root"
+                " or point the registry at a writable directory."
+            ) from None
 
     def release(self, bdf: Bdf) -> None:
         self.path(bdf).unlink(missing_ok=True)
