@@ -12,6 +12,7 @@ import errno
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -791,3 +792,56 @@ def test_signals_are_deferred_with_other_threads_running():
         signal.signal(signal.SIGTERM, old)
         stop.set()
         other.join()
+
+
+NOBODY = 65534
+
+
+@pytest.fixture
+def shared_tmp():
+    """A directory user nobody may read (pytest's own tmp_path is root's alone)."""
+    import tempfile
+
+    d = Path(tempfile.mkdtemp(prefix="hil-vfio-"))
+    d.chmod(0o755)
+    yield d
+    shutil.rmtree(d)
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv"
+)
+def test_a_non_root_hil_leaves_devices_alone_and_says_it_cannot_restore(shared_tmp):
+    fake = FakeHost(shared_tmp / "host")
+    fake.add_iommu()
+    fake.load_vfio()
+    fake.add_driver("nvme", ("144d:a808",))
+    fake.add_device("0000:01:00.0", "144d:a808", driver="nvme", group=5)
+    fake.add_device("0000:09:00.0", "144d:a808", driver="nvme", group=13)
+    kernel = FakeKernel(fake.root)
+    dirs = {"run_dir": shared_tmp / "run", "registry": shared_tmp / "registry"}
+    me = Processes().me()
+    reg = Registry(dirs["registry"])
+    with reg.locked():  # as hil does: the lock first, so .lock exists for everyone
+        bound_by(kernel, dirs, Owner(me.pid, me.start_time - 1, me.boot_id))  # dead owner
+        reg.claim(Record(Bdf.parse("09:00.0"), "nvme", None, me, time.time(), ""))  # live
+    code = (
+        "import sys\n"
+        "from hil.vfio import restore_stale, RestoreError\n"
+        "from tests.vfio_fakes import FakeKernel\n"
+        "try:\n"
+        "    print('restored', restore_stale(sys.argv[2], sysfs=FakeKernel(sys.argv[1])))\n"
+        "except RestoreError as e:\n"
+        "    print('error', e)\n"
+    )
+    p = subprocess.run(
+        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+         sys.executable, "-c", code, str(fake.root), str(dirs["registry"])],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("error passthrough 0000:01:00.0: could not give the device back")
+    assert "Permission denied" in p.stdout and "By hand, as root: " in p.stdout
+    assert "0000:09:00.0" not in p.stdout  # a live run's device is none of its business
+    assert driver_of(kernel, NVME) == "vfio-pci"
+    assert sorted(q.name for q in reg.entries()) == ["0000:01:00.0.json", "0000:09:00.0.json"]
