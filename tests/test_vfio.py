@@ -37,6 +37,7 @@ from hil.vfio import (
     Sysfs,
     doctor_report,
     parse_bdf,
+    parse_resource,
     qemu_args,
     restore_stale,
 )
@@ -168,6 +169,31 @@ def test_qemu_args_are_built_from_validated_values_only():
         qemu_args(NVME, dev_id="pt0,x-evil=1")
     with pytest.raises(TypeError):
         qemu_args("0000:01:00.0,x-evil=1")  # type: ignore[arg-type]
+
+
+def test_resource_file_gives_bars_far_above_4g_and_the_rom():
+    zero = "0x0000000000000000 0x0000000000000000 0x0000000000000000"
+    text = "\n".join(
+        ["0x0000004000000000 0x000000400007ffff 0x0000000000140204", zero,  # 64-bit, 512K
+         "0x000000000000c000 0x000000000000c03f 0x0000000000040101", zero, zero, zero,  # I/O
+         "0x00000000fe800000 0x00000000fe83ffff 0x0000000000046200",  # ROM, 256K
+         "0x00000000fd000000 0x00000000fdffffff 0x0000000000000200"]  # a bridge window: not a BAR
+    )  # fmt: skip
+    bars = parse_resource(text)
+    assert [(b.index, b.start, b.size) for b in bars] == [
+        (0, 0x40_0000_0000, 512 << 10),
+        (2, 0xC000, 64),
+        (6, 0xFE80_0000, 256 << 10),
+    ]
+    assert bars[0].is_64bit and not bars[0].is_io and bars[1].is_io and not bars[1].is_64bit
+    for bad in ("0x10 0x0f 0x200", "0x10 0x1f", "zz 0x1f 0x200"):
+        with pytest.raises(ValueError, match="resource line 0"):
+            parse_resource(bad)
+
+
+def test_bars_of_a_fake_device(kernel):
+    [bar] = PciHost(kernel).bars(NVME)
+    assert (bar.index, bar.start, bar.size, bar.is_64bit) == (0, 0xFE00_0000, 16 << 10, True)
 
 
 # --- bind and restore -------------------------------------------------------------------------
@@ -730,6 +756,8 @@ def test_doctor_report_reads_the_real_sys_without_writing(tmp_path):
         assert f.vendor is not None and f.class_code is not None
         assert f.driver == (os.path.basename(os.readlink(f"/sys/bus/pci/devices/{bdf}/driver"))
                             if os.path.exists(f"/sys/bus/pci/devices/{bdf}/driver") else None)  # fmt: skip
+        for bar in host.bars(bdf):  # PCI sizes BARs and ROMs in powers of two
+            assert bar.size & (bar.size - 1) == 0, (bdf, bar)
     # Whatever holds / and the default route here is never offered.
     for bdf in host.protected():
         assert re.search(rf"{bdf} .* not bindable: .*(root filesystem|default route)", text)

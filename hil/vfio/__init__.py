@@ -11,14 +11,16 @@ The interface the rest of hil uses:
 - :class:`Passthrough`: ``with Passthrough(bdfs, run_dir=...) as p:`` preflight,
   state files, bind; restore on the way out, whatever the way out;
 - :func:`restore_stale`: restore what a killed hil left bound (at start, `hil vfio restore`);
-- :func:`doctor_report`: IOMMU groups and what is bindable, for `hil doctor`.
+- :func:`doctor_report`: IOMMU groups and what is bindable, for `hil doctor`;
+- :meth:`PciHost.function` / :meth:`PciHost.bars`: IDs, class and BARs as the host sees
+  them, to compare with what the guest enumerates.
 """
 
 from .bdf import Bdf, parse_bdf, qemu_args
 from .bind import Binder, BindError, RestoreError
 from .checks import NOIOMMU_KEY, Preflight, Problem, run_command
 from .doctor import doctor_report
-from .host import PciHost
+from .host import Bar, PciHost, parse_resource
 from .passthrough import DeviceBusy, Passthrough, restore_stale
 from .state import DEFAULT_REGISTRY, Owner, Processes, Record, Registry, StateError
 from .sysfs import Sysfs
@@ -26,6 +28,7 @@ from .sysfs import Sysfs
 __all__ = [
     "DEFAULT_REGISTRY",
     "NOIOMMU_KEY",
+    "Bar",
     "Bdf",
     "BindError",
     "Binder",
@@ -43,6 +46,7 @@ __all__ = [
     "Sysfs",
     "doctor_report",
     "parse_bdf",
+    "parse_resource",
     "qemu_args",
     "restore_stale",
     "run_command",

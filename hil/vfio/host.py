@@ -56,6 +56,57 @@ class Function:
         return self.class_code is not None and (self.class_code >> 8) in BRIDGE_CLASSES
 
 
+# struct resource flags, as sysfs `resource` prints them (include/linux/ioport.h)
+IORESOURCE_IO = 0x100
+IORESOURCE_MEM = 0x200
+IORESOURCE_PREFETCH = 0x2000
+IORESOURCE_MEM_64 = 0x100000
+ROM_INDEX = 6  # lines 0-5 are the BARs, line 6 the expansion ROM, then bridge windows
+
+
+@dataclass(frozen=True)
+class Bar:
+    """One BAR (or the ROM) as the host kernel assigned it: what the guest must see too."""
+
+    index: int
+    start: int
+    size: int
+    flags: int
+
+    @property
+    def is_io(self) -> bool:
+        return bool(self.flags & IORESOURCE_IO)
+
+    @property
+    def is_64bit(self) -> bool:
+        return bool(self.flags & IORESOURCE_MEM_64)
+
+    @property
+    def prefetchable(self) -> bool:
+        return bool(self.flags & IORESOURCE_PREFETCH)
+
+
+def parse_resource(text: str) -> list[Bar]:
+    """The BARs and ROM in a sysfs ``resource`` file ("start end flags" in hex, per line).
+
+    Unused entries (all zero) are left out; a line that is not three hex numbers with
+    start <= end is an error rather than a guess.
+    """
+    bars = []
+    for index, line in enumerate(text.splitlines()[: ROM_INDEX + 1]):
+        fields = line.split()
+        try:
+            start, end, flags = (int(f, 16) for f in fields)
+        except ValueError:
+            raise ValueError(f"resource line {index}: {line!r} is not 'start end flags'") from None
+        if start == end == 0:
+            continue
+        if end < start or end >= 1 << 64:
+            raise ValueError(f"resource line {index}: {line!r}: end before start")
+        bars.append(Bar(index, start, end - start + 1, flags))
+    return bars
+
+
 def _hex(text: str | None) -> int | None:
     try:
         return int(text, 16) if text else None
@@ -95,6 +146,10 @@ class PciHost:
         if methods is not None:
             return bool(methods.strip())
         return self.fs.exists(fs.device(bdf, "reset"))
+
+    def bars(self, bdf: Bdf) -> list[Bar]:
+        """The function's BARs and ROM (empty when sysfs has no ``resource`` file)."""
+        return parse_resource(self.fs.read(fs.device(bdf, "resource")) or "")
 
     def function(self, bdf: Bdf) -> Function:
         return Function(
