@@ -17,12 +17,23 @@ Two questions per key (docs/nightly.md, "Regression rules", is the user-facing t
        noise  = max(sigma(baseline repeats), sigma(current repeats),
                     sigma(the nightly medians of the last 7 passing nights, when >= 3)),
                 sigma = 1.4826 x median absolute deviation (hil.stats)
-       tolerance = max(rel x |baseline median|, abs, k x noise)
-       regression  if worse >  tolerance
-       improvement if worse < -tolerance
+       floor     = max(rel x |baseline median|, abs)
+       tolerance = max(floor, k x noise)
+       p         = one-sided exact rank test (Mann-Whitney) of the repeats
+       regression  if worse >  tolerance, or worse > floor and p <= 0.05
+       improvement likewise with the sign turned
 
    So a change has to exceed the rule's fixed floor *and* k times the spread the repeats
-   (and the recent nights) showed before it is reported.
+   (and the recent nights) showed before it is reported.  Every change also carries a
+   one-sided rank test (Mann-Whitney, exact) of the baseline repeats against the current
+   ones: its p-value says how sure so few repeats can be.
+3. *Does a suspected regression hold up?*  ``hil nightly`` re-runs each suspect a few
+   more times, interleaved with a pair that did not move (hil.nightly, ``confirm``): the
+   change is *confirmed* when the new repeats regress too (same rule, and a rank test
+   against the baseline at p <= 0.05) -- after dividing out how much slower the control
+   pair got meanwhile; *host noise* when the new repeats do not regress; *host slowed
+   down* when they regress only as much as the control did, or every pair moved at once.
+   Only a confirmed change is a regression.
 """
 
 from __future__ import annotations
@@ -30,7 +41,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .history import History, RunRow
-from .stats import Stats
+from .stats import Stats, rank_p
 from .verdict import ERROR, FAIL, INTERRUPTED, PASS, TIMEOUT, is_flaky, worst
 
 NEW_FAILURE, STILL_FAILING, FIXED, PASSING, INFRA, INTERRUPTED_ = (
@@ -105,6 +116,59 @@ RULES: dict[str, MetricRule] = {
 }
 
 
+CONFIRMED, HOST_NOISE, HOST_SLOWED = "confirmed", "host-noise", "host-slowed"
+CONFIRM_P = 0.05  # the rank test's bar for a confirmation
+RANK_P = 0.05  # ... and for a change beyond the floor but within k sigma of few repeats
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    """What re-running a suspected regression showed (hil.nightly.confirm)."""
+
+    status: str  # confirmed | host-noise | host-slowed
+    again: MetricChange | None  # the metric on the re-runs against the same baseline
+    p: float | None  # rank test: baseline repeats vs the re-runs
+    control: str | None = None  # "scenario [profile]" re-run beside it
+    control_change: MetricChange | None = None
+    why: str = ""  # when no re-run could say more (e.g. every pair moved)
+
+    def sentence(self) -> str:
+        head = {
+            CONFIRMED: "confirmed",
+            HOST_NOISE: "not confirmed (host noise)",
+            HOST_SLOWED: "host slowed down (all pairs moved)",
+        }[self.status]
+        parts = [head]
+        if self.again is not None:
+            a = self.again
+            u = f" {a.rule.unit}" if a.rule.unit else ""
+            parts.append(f"re-runs: {a.current.format(u)}, rank test p={self.p:.3g}")
+        if self.control:
+            c = self.control_change
+            moved = (
+                "did not run"
+                if c is None
+                else f"moved too: {c.baseline.median:g} -> {c.current.median:g}"
+                if c.verdict == "regression"
+                else f"unchanged ({c.baseline.median:g} -> {c.current.median:g})"
+            )
+            parts.append(f"control {self.control} {moved}")
+        if self.why:
+            parts.append(self.why)
+        return "; ".join(parts)
+
+    def to_json(self) -> dict:
+        return {
+            "status": self.status,
+            "p": self.p,
+            "again": self.again.to_json() if self.again else None,
+            "control": self.control,
+            "control_change": self.control_change.to_json() if self.control_change else None,
+            "why": self.why,
+            "sentence": self.sentence(),
+        }
+
+
 @dataclass(frozen=True)
 class MetricChange:
     metric: str
@@ -113,10 +177,26 @@ class MetricChange:
     worse_by: float  # > 0: worse than the baseline, in the metric's unit
     tolerance: float
     verdict: str  # regression | improvement | same
+    p: float | None = None  # one-sided rank test that now is worse than the baseline
+    baseline_values: tuple[float, ...] = ()
+    confirmation: Confirmation | None = None
 
     @property
     def rule(self) -> MetricRule:
         return RULES[self.metric]
+
+    @property
+    def counts(self) -> bool:
+        """A regression that stands: not yet re-run, or confirmed."""
+        return self.verdict == "regression" and (
+            self.confirmation is None or self.confirmation.status == CONFIRMED
+        )
+
+    def confidence(self) -> str:
+        if self.p is None:
+            return ""
+        b, c = self.baseline.n, self.current.n
+        return f"rank test p={self.p:.3g} ({b} vs {c} repeats)"
 
     def sentence(self) -> str:
         r = self.rule
@@ -126,15 +206,23 @@ class MetricChange:
         what = {"regression": "worse", "improvement": "better", "same": "within noise"}[
             self.verdict
         ]
-        return (
+        out = (
             f"{r.label} ({self.metric}) {what}: {b.median:g}{u} -> {c.median:g}{u}{pct}, "
             f"tolerance {self.tolerance:.3g}{u} (baseline n={b.n}, now n={c.n})"
         )
+        if self.verdict != "same" and self.p is not None:
+            out += f"; {self.confidence()}"
+        if self.confirmation is not None:
+            out += f"; {self.confirmation.sentence()}"
+        return out
 
     def to_json(self) -> dict:
         return {
             "metric": self.metric,
             "verdict": self.verdict,
+            "counts": self.counts,
+            "p": self.p,
+            "confirmation": self.confirmation.to_json() if self.confirmation else None,
             "baseline": self.baseline.to_json(),
             "current": self.current.to_json(),
             "worse_by": self.worse_by,
@@ -154,17 +242,36 @@ HISTORY_MIN = 3  # ... when at least this many passed
 
 
 def compare_metric(
-    rule: MetricRule, baseline: Stats, current: Stats, history: Stats | None = None
+    rule: MetricRule,
+    baseline: Stats,
+    current: Stats,
+    history: Stats | None = None,
+    values: tuple[list[float], list[float]] | None = None,
 ) -> MetricChange:
-    """``history``: the medians of recent passing nights (their spread is noise too)."""
+    """``history``: the medians of recent passing nights (their spread is noise too);
+    ``values``: the raw (baseline, current) samples, for the rank test."""
     diff = current.median - baseline.median
     worse = diff if rule.better == "lower" else -diff
     noise = max(baseline.sigma, current.sigma)
     if history is not None and history.n >= HISTORY_MIN:
         noise = max(noise, history.sigma)
-    tol = max(rule.rel * abs(baseline.median), rule.abs, rule.k * noise)
-    verdict = "regression" if worse > tol else "improvement" if worse < -tol else "same"
-    return MetricChange(rule.metric, baseline, current, worse, tol, verdict)
+    floor = max(rule.rel * abs(baseline.median), rule.abs)
+    tol = max(floor, rule.k * noise)
+    p, base_values = None, ()
+    if values is not None:
+        b, c = values
+        better = rule.better if worse >= 0 else _other(rule.better)
+        p, base_values = rank_p(b, c, better), tuple(b)
+    # Beyond the floor, a change counts when it clears k sigma of the noise -- or, since a
+    # spread from three repeats is a weak estimate, when the rank test says the repeats
+    # do not overlap (p <= RANK_P); a suspect is then re-run before it is reported.
+    clear = abs(worse) > tol or (p is not None and p <= RANK_P and abs(worse) > floor)
+    verdict = "same" if not clear else "regression" if worse > 0 else "improvement"
+    return MetricChange(rule.metric, baseline, current, worse, tol, verdict, p, base_values)
+
+
+def _other(better: str) -> str:
+    return "higher" if better == "lower" else "lower"
 
 
 def compare_metrics(
@@ -176,11 +283,12 @@ def compare_metrics(
     ``nightly_medians``: metric -> medians of recent passing nights (oldest first)."""
     out = []
     for name, rule in RULES.items():
-        b = Stats.of([m[name] for m in baseline if name in m])
-        c = Stats.of([m[name] for m in current if name in m])
+        bv = [m[name] for m in baseline if name in m]
+        cv = [m[name] for m in current if name in m]
+        b, c = Stats.of(bv), Stats.of(cv)
         h = Stats.of((nightly_medians or {}).get(name, []))
         if b is not None and c is not None:
-            out.append(compare_metric(rule, b, c, h))
+            out.append(compare_metric(rule, b, c, h, (bv, cv)))
     return out
 
 
@@ -211,10 +319,17 @@ class KeyComparison:
     stats: dict[str, Stats]
     changes: list[MetricChange] = field(default_factory=list)
     note: str = ""
+    load: dict = field(default_factory=dict)  # host load: baseline/now medians, steal_pct
 
     @property
     def metric_regressions(self) -> list[MetricChange]:
-        return [c for c in self.changes if c.verdict == "regression"]
+        """Regressions that stand (not refuted by re-running them)."""
+        return [c for c in self.changes if c.counts]
+
+    @property
+    def suspects(self) -> list[MetricChange]:
+        """Metrics that look worse and have not been re-run yet."""
+        return [c for c in self.changes if c.verdict == "regression" and c.confirmation is None]
 
     @property
     def regression(self) -> bool:
@@ -290,11 +405,25 @@ def compare_batch(history: History, batch_id: str) -> list[KeyComparison]:
                     for name in RULES
                 }
                 cmp.changes = compare_metrics(base_runs, passing, recent)
+                cmp.load = _load(base_runs, passing)
             else:
                 cmp.note = f"the pinned baseline {base} has no passing run of this key"
         elif outcome == PASS:
             cmp.note = "no baseline yet (first passing nightly of this key)"
         out.append(cmp)
+    return out
+
+
+def _load(base_runs: list[dict], now: list[dict]) -> dict:
+    """Median host load at the start of the baseline's and this batch's runs."""
+    out = {}
+    for name, runs in (("baseline", base_runs), ("now", now)):
+        st = Stats.of([m["host.load1_start"] for m in runs if "host.load1_start" in m])
+        if st is not None:
+            out[name] = round(st.median, 2)
+    steal = Stats.of([m["host.steal_pct"] for m in now if "host.steal_pct" in m])
+    if steal is not None:
+        out["steal_pct"] = round(steal.median, 2)
     return out
 
 

@@ -100,7 +100,8 @@ def cmd_nightly(ns: argparse.Namespace) -> int:
         jobs=ns.jobs, repeat=ns.repeat, retries=ns.retries, argv=["hil", *sys.argv[1:]]
     )
     mode = Progress.auto(quiet=ns.quiet).mode
-    return run_nightly(plans, opts, bopts, NightlyOptions(nights=ns.nights), mode).exit_code
+    nopts = NightlyOptions(nights=ns.nights, confirm=ns.confirm)
+    return run_nightly(plans, opts, bopts, nopts, mode).exit_code
 
 
 def cmd_history(ns: argparse.Namespace) -> int:
@@ -234,13 +235,15 @@ def _positive_int(text: str, most: int = 10_000) -> int:
     return n
 
 
-def _count(text: str) -> int:
+def _count(text: str, most: int = 1000) -> int:
     try:
-        n = int(text)
+        n = int(text) if len(text) <= 12 else -1
     except ValueError:
         n = -1
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 0")
+    if not 0 <= n <= most:
+        raise argparse.ArgumentTypeError(
+            f"{text[:20]!r} is not a whole number of at least 0 (and at most {most})"
+        )
     return n
 
 
@@ -428,6 +431,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=14,
         help="nights shown in the trend plots (default 14)",
+    )
+    n.add_argument(
+        "--confirm",
+        type=_count,
+        default=5,
+        metavar="N",
+        help="re-run a pair whose metric looks regressed N more times, beside a pair that "
+        "did not move, before reporting it (default 5; 0: report at once)",
     )
     n.set_defaults(func=cmd_nightly)
 

@@ -37,9 +37,10 @@ CATALOGUE: dict[str, str] = {
 
 def catalogue() -> dict[str, str]:
     """Every metric name: the run's own, then those each device kind produces."""
+    from . import hostload
     from .devices import DEVICES
 
-    out = dict(CATALOGUE)
+    out = dict(CATALOGUE) | hostload.CATALOGUE
     for kind in DEVICES.kinds():
         out.update(kind.metrics)
     return out

@@ -78,6 +78,10 @@ def make_plan(scenario: Scenario, profile: Profile | None = None) -> Plan:
         defines.append(("PXOS_BOOT_FAULT", "1"))
     if scenario.image.spin_idle:
         defines.append(("PXOS_SPIN_IDLE", "1"))
+    allowance = 0
+    if scenario.image.boot_delay_ms:
+        defines.append(("PXOS_BOOT_DELAY_MS", str(scenario.image.boot_delay_ms)))
+        allowance += 64  # its loop: test instrumentation, not the shipped kernel
     planned = []
     owners = [(kind_of(d), d) for d in devices] + [(DEVICES[n], s) for n, s in scenario.sections]
     for kind, spec in owners:
@@ -94,7 +98,11 @@ def make_plan(scenario: Scenario, profile: Profile | None = None) -> Plan:
         profile=profile,
         accel=accel,
         accel_reason=why,
-        recipe=ImageRecipe(defines=tuple(defines), payload=payloads[0] if payloads else None),
+        recipe=ImageRecipe(
+            defines=tuple(defines),
+            payload=payloads[0] if payloads else None,
+            allowance=allowance,
+        ),
         devices=tuple(planned),
         checks=tuple(checks) + scenario.checks,
     )

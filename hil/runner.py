@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import checks as chk
-from . import host, image, metrics, results
+from . import host, hostload, image, metrics, results
 from .console import Console
 from .devices import AfterContext, Finding, attach, kind_of
 from .errors import BuildError, HilError, InfraError
@@ -58,6 +58,7 @@ def run_scenario(
         batch=batch,
     )
     results.write_record(rec)  # a killed run still leaves a (partial) record
+    load_start = hostload.sample()
     progress.start(sc.name, plan.profile.name, plan.accel, plan.accel_reason, rel(run_dir))
     outcome = Outcome([])
     steps_verdict: Verdict | None = None
@@ -132,8 +133,10 @@ def run_scenario(
             results.write_record(rec)
     # Nothing below can be interrupted half-way into a missing record: a Ctrl-C now
     # ends the post-run checks, which then count as not done.
+    load_end = hostload.sample()
     try:
-        _after(plan, rec, outcome, steps_verdict, console, helpers if started else None, opts)
+        load = hostload.metrics(load_start, load_end)
+        _after(plan, rec, outcome, steps_verdict, console, helpers if started else None, opts, load)
     except KeyboardInterrupt:
         rec.verdict = Verdict(INTERRUPTED, "interrupted during the post-run checks", "interrupted")
     rec.durations["total_s"] = round(time.monotonic() - t0, 3)
@@ -144,7 +147,7 @@ def run_scenario(
     return rec
 
 
-def _after(plan, rec, outcome, steps_verdict, console, helpers, opts) -> None:
+def _after(plan, rec, outcome, steps_verdict, console, helpers, opts, load: dict) -> None:
     """Metrics, the devices' findings, the post-run checks and the judge.  ``helpers``:
     device index -> its helper, or None when QEMU never started (nothing to collect)."""
     lines = console.lines if console is not None else []
@@ -167,6 +170,7 @@ def _after(plan, rec, outcome, steps_verdict, console, helpers, opts) -> None:
         if plan.checks:
             rec.durations["gpu_check_s"] = round(time.monotonic() - t_check, 3)
     m.update(ctx.metrics)
+    m.update(load)
     m.update(outcome.recorded)
     rec.metrics = m
     rec.sections.update(ctx.sections)

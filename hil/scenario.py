@@ -64,7 +64,7 @@ BASE_KEYS = (
     "steps",
     "metrics",
 )
-IMAGE_KEYS = ("boot_fault", "spin_idle")
+IMAGE_KEYS = ("boot_fault", "spin_idle", "boot_delay_ms")
 DEFAULT_FAIL_ON = ("!EXC", "!PANIC")  # docs/console.md: exception and panic reports
 DEFAULT_READY = "@stage ready"
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -91,6 +91,7 @@ class Limit:
 class ImageOptions:
     boot_fault: bool = False
     spin_idle: bool = False  # idle() busy-waits instead of hlt: cpu_idle's negative control
+    boot_delay_ms: int = 0  # a planted boot delay before `ready` (tests of the nightly)
 
 
 @dataclass(frozen=True)
@@ -258,8 +259,12 @@ def _image(problems: Problems, node, line) -> ImageOptions:
     f = Fields(problems, node, "image", IMAGE_KEYS, line)
     boot_fault = f.get("boot_fault", bool, False)
     spin_idle = f.get("spin_idle", bool, False)
+    delay = f.get("boot_delay_ms", int, 0, example="boot_delay_ms: 50")
+    if delay is not None and (not 0 <= delay <= 5000 or delay % 10):
+        f.error("boot_delay_ms", "must be a multiple of 10 from 0 to 5000 (milliseconds).")
+        delay = 0
     f.done()
-    return ImageOptions(boot_fault=bool(boot_fault), spin_idle=bool(spin_idle))
+    return ImageOptions(bool(boot_fault), bool(spin_idle), delay or 0)
 
 
 def _checks(problems: Problems, node, line, base_dir: Path) -> list[PostCheck]:

@@ -862,10 +862,22 @@ def test_a_non_root_hil_leaves_devices_alone_and_says_it_cannot_restore(shared_t
         "except RestoreError as e:\n"
         "    print('error', e)\n"
     )
+    # User nobody may not be able to read this checkout (CI clones it into a private
+    # directory): it gets a copy of what it imports (hil/vfio needs only the standard
+    # library), and no site-packages (-S).
+    src = shared_tmp / "src"
+    for d in ("hil", "hil/vfio", "tests"):
+        (src / d).mkdir(parents=True, exist_ok=True)
+    for f in ("hil/__init__.py", "hil/errors.py", "tests/__init__.py", "tests/vfio_fakes.py"):
+        shutil.copy(REPO / f, src / f)
+    for f in (REPO / "hil" / "vfio").glob("*.py"):
+        shutil.copy(f, src / "hil" / "vfio" / f.name)
+    for path in [src, *src.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
     p = subprocess.run(
         ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-         sys.executable, "-c", code, str(fake.root), str(dirs["registry"])],
-        cwd=REPO, capture_output=True, text=True, timeout=60,
+         sys.executable, "-S", "-c", code, str(fake.root), str(dirs["registry"])],
+        cwd=src, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert p.returncode == 0, p.stderr
     assert p.stdout.startswith("error passthrough 0000:01:00.0: could not give the device back")

@@ -81,7 +81,12 @@ def changed_lines(comparisons: list[KeyComparison]) -> list[str]:
             was = f"was {c.previous_outcome}" if c.previous_outcome else "never ran before"
             out.append(f"NEW FAILURE  {k}: {c.outcome} ({was}): {c.reason}")
         for m in c.metric_regressions:
-            out.append(f"REGRESSION   {k}: {m.sentence()}")
+            out.append(f"REGRESSION   {k}: {m.sentence()}{_load(c)}")
+    for c in sorted(comparisons, key=_order):
+        k = f"{c.scenario} [{c.profile}]"
+        for m in c.changes:
+            if m.verdict == "regression" and not m.counts:
+                out.append(f"NOT COUNTED  {k}: {m.sentence()}{_load(c)}")
     for c in sorted(comparisons, key=_order):
         k = f"{c.scenario} [{c.profile}]"
         if c.status == INFRA:
@@ -94,6 +99,18 @@ def changed_lines(comparisons: list[KeyComparison]) -> list[str]:
             if m.verdict == "improvement":
                 out.append(f"IMPROVED     {k}: {m.sentence()}")
     return out
+
+
+def _load(c: KeyComparison) -> str:
+    """The host's load beside a metric change (runs record it: hil/hostload.py)."""
+    if not c.load:
+        return ""
+    parts = []
+    if "baseline" in c.load and "now" in c.load:
+        parts.append(f"host load {c.load['baseline']:g} -> {c.load['now']:g}")
+    if c.load.get("steal_pct"):
+        parts.append(f"steal {c.load['steal_pct']:g} %")
+    return f" [{', '.join(parts)}]" if parts else ""
 
 
 def _flaky_why(c: KeyComparison) -> str:

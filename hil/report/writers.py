@@ -95,6 +95,8 @@ def _metric_cell(k: dict, name: str) -> str:
     if ch and ch["baseline"]["median"]:
         rel = (ch["current"]["median"] - ch["baseline"]["median"]) / ch["baseline"]["median"]
         mark = {"regression": " WORSE", "improvement": " better", "same": ""}[ch["verdict"]]
+        if ch["verdict"] == "regression" and not ch.get("counts", True):
+            mark = " worse, not confirmed"
         txt += f" ({rel * 100:+.1f} %{mark})"
     return txt
 
@@ -134,7 +136,9 @@ def write_junit(path: Path, s: dict) -> None:
         ET.SubElement(tp, "property", name="flaky", value=str(k["flaky"]).lower())
         for name, st in k["metrics"].items():
             ET.SubElement(tp, "property", name=f"median.{name}", value=f"{st['median']:g}")
-        regressed = [m["sentence"] for m in k["changes"] if m["verdict"] == "regression"]
+        regressed = [
+            m["sentence"] for m in k["changes"] if m.get("counts", m["verdict"] == "regression")
+        ]
         if k["outcome"] in ("fail", "timeout"):
             counts["failures"] += 1
             ET.SubElement(
@@ -274,7 +278,7 @@ def render_html(s: dict, plots: dict[str, str], nights: int) -> str:
 def _metric_html(k: dict, name: str) -> str:
     txt = html.escape(_metric_cell(k, name))
     ch = next((m for m in k["changes"] if m["metric"] == name), None)
-    if ch and ch["verdict"] == "regression":
+    if ch and ch["verdict"] == "regression" and ch.get("counts", True):
         return f'<span class="worse">{txt}</span>'
     if ch and ch["verdict"] == "improvement":
         return f'<span class="better">{txt}</span>'
