@@ -52,15 +52,17 @@ def _boot_id() -> str:
 
 
 def _start_time(pid: int) -> int | None:
-    """When ``pid`` started (clock ticks after boot), or None when there is no such
-    process.  The command name in field 2 may hold spaces and ')': split after the last."""
+    """When ``pid`` started (clock ticks after boot), or None when no such process runs.
+    The command name in field 2 may hold spaces and ')': split after the last."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     fields = stat[stat.rfind(")") + 2 :].split()
+    if not fields or fields[0] in ("Z", "X"):
+        return None  # a zombie has ended (its parent, a killed hil, will never reap it)
     try:
-        return int(fields[19])  # field 22 overall; fields[0] is field 3
+        return int(fields[19])  # field 22 overall; fields[0] (the state) is field 3
     except (IndexError, ValueError):
         return None
 

@@ -161,3 +161,29 @@ def test_hil_start_cleans_up_and_says_so(tmp_path):
     )
     assert "hil: removed 4 leftover(s) of hil processes that were killed" in p.stderr, p.stderr
     assert not list(where["tmp"].iterdir()) and not list(where["cache"].glob(".tmp-*"))
+
+
+def test_a_zombie_owner_is_dead(tmp_path):
+    # The worker processes of a SIGKILLed hil stay zombies when nobody reaps them; their
+    # /proc entry remains, with state Z.
+    code = f"from hil import janitor; janitor.owned_tempdir(dir={str(tmp_path)!r})"
+    p = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}
+    )
+    (d,) = _wait_for(lambda: [x for x in tmp_path.glob("hil-*") if (x / OWNER_FILE).exists()])
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{p.pid}/stat").read_text().split(")")[-1].split()[0] != "Z":
+        assert time.monotonic() < deadline, "the child never exited"
+        time.sleep(0.02)
+    try:
+        assert janitor.is_stale(d)  # not reaped yet: still in /proc, as a zombie
+    finally:
+        p.wait()
+
+
+def _wait_for(fn, timeout: float = 30.0):
+    deadline = time.monotonic() + timeout
+    while not (found := fn()):
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+    return found
