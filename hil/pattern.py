@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass
 
 from .errors import InfraError
+from .yamlsrc import excerpt
 
 try:
     import re2
@@ -108,3 +109,16 @@ class Pattern:
 
     def __str__(self) -> str:
         return f"regex /{self.text}/" if self.regex else f"{self.text!r}"
+
+
+def regex_problem(text: str) -> str | None:
+    """Why ``text`` cannot be used as a pattern's regex (one paragraph), or None."""
+    try:
+        compile_regex(text)
+    except PatternError as e:
+        return (
+            f"invalid regular expression {excerpt(text)}: {e}. Fix the regex (escape "
+            "literal '.', '(', '[' and '+' with a backslash; the dialect is RE2, "
+            "docs/scenarios.md)."
+        )
+    return None

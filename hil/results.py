@@ -20,9 +20,9 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_ROOT = REPO / "results"
-SCHEMA = 1
+from .paths import REPO, RESULTS
+
+DEFAULT_ROOT = RESULTS  # the results root when none is given
 
 
 RUN_ID_FORMAT = "%Y%m%dT%H%M%S"  # then .mmm (milliseconds), 'Z', '-', 4 random hex digits
@@ -30,8 +30,8 @@ _last_stamp = ""
 
 
 def new_run_dir(root: Path, scenario: str) -> tuple[str, Path]:
-    """A fresh, unique directory, claimed by this process (hil.janitor) until its run.json
-    is written.  Ids sort by start time: the UTC start to the millisecond, and within one
+    """A fresh, unique directory, claimed by this process (hil.janitor) until a run.json
+    with a verdict is written.  Ids sort by start time: the UTC start to the millisecond, and within one
     process strictly increasing (two runs in one millisecond get consecutive ones).
     Older ids have no milliseconds (20261121T030000Z-1a2b); parse_run_id reads both."""
     global _last_stamp
@@ -107,8 +107,8 @@ def write_json(path: Path, data: dict) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
     tmp.replace(path)
-    if path.name == "run.json":
-        # A run directory with its run.json is a finished run: the janitor's claim ends.
+    if path.name == "run.json" and data.get("verdict") is not None:
+        # A run.json with its verdict is a finished run: the janitor's claim ends.
         from . import janitor
 
         janitor.release(path.parent)
@@ -179,13 +179,12 @@ def read_run(run_dir: Path) -> dict:
     return json.loads((Path(run_dir) / "run.json").read_text())
 
 
-def annotate(run_dir: Path, key: str, value) -> dict:
-    """Add (or replace) one top-level key of a finished run's run.json; returns the data.
-    Used for facts known only after the run: its place in a batch, retries, flakiness."""
-    data = read_run(run_dir)
-    data[key] = value
-    write_json(Path(run_dir) / "run.json", data)
-    return data
+def write_record(rec) -> None:
+    """run.json from a hil.record.RunRecord, and junit.xml once it has its verdict."""
+    data = rec.to_json()
+    write_json(Path(rec.run_dir) / "run.json", data)
+    if rec.verdict is not None:
+        write_junit(Path(rec.run_dir) / "junit.xml", data)
 
 
 HISTORY_FILE = "history.sqlite"

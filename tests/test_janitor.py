@@ -30,6 +30,7 @@ tmp, res, cache = map(Path, sys.argv[1:4])
 sock = janitor.owned_tempdir(dir=str(tmp))
 (Path(sock) / "qmp.sock").write_text("")
 run_id, run_dir = results.new_run_dir(res, "boot")
+results.write_json(run_dir / "run.json", {"verdict": None})  # the runner's partial record
 for name in ("nvme0.qcow2", "usb0-storage.img", "serial.log"):
     (run_dir / name).write_text("x")
 print("ready", flush=True)
@@ -88,7 +89,7 @@ def test_what_a_sigkilled_hil_left_is_removed_and_nothing_else(tmp_path):
     unowned.mkdir()
     _, finished = results.new_run_dir(where["results"], "boot")
     (finished / "nvme0.img").write_text("kept")
-    results.write_json(finished / "run.json", {"verdict": "pass"})
+    results.write_json(finished / "run.json", {"verdict": {"outcome": "pass"}})
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     shutil.copy(sock / OWNER_FILE, elsewhere / OWNER_FILE)
@@ -97,7 +98,7 @@ def test_what_a_sigkilled_hil_left_is_removed_and_nothing_else(tmp_path):
     removed = cleanup_stale(where["results"], where["cache"], where["tmp"])
 
     assert not sock.exists() and not work.exists()
-    assert sorted(p.name for p in run_dir.iterdir()) == ["serial.log"]
+    assert sorted(p.name for p in run_dir.iterdir()) == ["run.json", "serial.log"]
     assert live.exists() and unowned.exists() and (elsewhere / OWNER_FILE).exists()
     assert (finished / "nvme0.img").exists() and not (finished / OWNER_FILE).exists()
     assert len(removed) == 4, removed
