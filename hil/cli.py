@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .errors import EXIT_INVALID, EXIT_PASS, HilError
+from .errors import EXIT_INFRA, EXIT_INVALID, EXIT_PASS, HilError
 from .paths import RESULTS, SCENARIOS, TESTS, rel
 from .yamlsrc import ValidationError
 
@@ -228,7 +228,9 @@ def _positive_int(text: str, most: int = 10_000) -> int:
     except ValueError:
         n = 0
     if not 1 <= n <= most:
-        raise argparse.ArgumentTypeError(f"{text[:20]!r} is not a whole number from 1 to {most}")
+        raise argparse.ArgumentTypeError(
+            f"{text[:20]!r} is not a whole number of at least 1 (and at most {most})"
+        )
     return n
 
 
@@ -341,6 +343,37 @@ def cmd_compare(ns: argparse.Namespace) -> int:
     return worst
 
 
+def _restore_passthrough(quiet: bool) -> int:
+    """Give back devices a killed hil left bound to vfio-pci (docs/passthrough.md)."""
+    from .vfio import RestoreError, restore_stale
+
+    try:
+        done = restore_stale()
+    except RestoreError as e:
+        for line in getattr(e, "restored", []):
+            print(f"hil: {line}", file=sys.stderr)
+        print(f"hil: passthrough: {e}", file=sys.stderr)
+        return EXIT_INFRA
+    except OSError as e:
+        print(f"hil: passthrough: cannot read the registry of bound devices: {e}", file=sys.stderr)
+        return EXIT_INFRA
+    for line in done:
+        print(f"hil: {line}", file=sys.stderr)
+    if not done and not quiet:
+        print("hil: no device was left bound by a hil that is gone")
+    return EXIT_PASS
+
+
+def cmd_vfio(ns: argparse.Namespace) -> int:
+    if ns.action == "restore":
+        return _restore_passthrough(quiet=False)
+    from .vfio import doctor_report
+
+    for line in doctor_report():
+        print(line)
+    return EXIT_PASS
+
+
 def cmd_test(ns: argparse.Namespace) -> int:
     import pytest
 
@@ -443,6 +476,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Every argument after `test` is pytest's, '-q' and '-k NAME' included: no option
     # prefix (and no -h) of our own, so argparse takes none of them for itself.
+    vf = sub.add_parser(
+        "vfio", help="passthrough devices: list them, restore what a killed hil left"
+    )
+    vsub = vf.add_subparsers(dest="action", required=True, metavar="ACTION")
+    vsub.add_parser("restore", help="rebind devices a killed hil left on vfio-pci to their driver")
+    vsub.add_parser("list", help="IOMMU groups and which devices can be passed through")
+    vf.set_defaults(func=cmd_vfio)
+
     t = sub.add_parser(
         "test",
         help="run the test suite (pytest; every further argument goes to it)",
@@ -469,6 +510,7 @@ def main(argv: list[str] | None = None) -> int:
             from .janitor import at_start
 
             at_start(Path(ns.results))
+            _restore_passthrough(quiet=True)
         return ns.func(ns)
     except ValidationError as e:
         for problem in e.problems:
@@ -482,6 +524,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("hil: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `hil ... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_PASS
 
 
 if __name__ == "__main__":

@@ -119,8 +119,10 @@ class IdleWindow:
 
 class IdleProbe:
     """Samples per-vCPU halted time.  Under KVM: QMP ``query-stats`` (``halt_wait_ns``,
-    ``halt_exits``); under TCG (where query-stats is empty) the vCPU threads' CPU time
-    from /proc/<pid>/task/<tid>/schedstat, halted = wall - on-CPU time."""
+    ``halt_exits``); under TCG (where query-stats is empty) the vCPU threads' scheduler
+    statistics from /proc/<pid>/task/<tid>/schedstat: halted = wall - (time on a CPU +
+    time waiting on a run queue).  A thread that waits for a CPU wants to run: on a
+    loaded host a spinning guest must still read busy, not "idle" for want of a CPU."""
 
     def __init__(self, qmp, pid: int, accel: str):
         self.qmp = qmp
@@ -149,7 +151,8 @@ class IdleProbe:
         out = {}
         for tid in self.threads:
             fields = Path(f"/proc/{self.pid}/task/{tid}/schedstat").read_text().split()
-            out[str(tid)] = (int(fields[0]), int(fields[2]))  # ns on CPU, timeslices
+            # ns on a CPU + ns runnable but waiting, timeslices, ns waiting
+            out[str(tid)] = (int(fields[0]) + int(fields[1]), int(fields[2]), int(fields[1]))
         return out
 
     def sample(self) -> tuple[float, dict]:
@@ -174,13 +177,15 @@ class IdleProbe:
                     }
                 )
             else:
+                d_wait = b[key][2] - a[key][2]
                 idle = 1.0 - d_main / wall_ns
                 vcpus.append(
                     {
                         "vcpu": key,
                         "idle": round(max(idle, 0.0), 6),
                         "wakeups": d_count,
-                        "cpu_ns": d_main,
+                        "cpu_ns": d_main - d_wait,
+                        "runqueue_wait_ns": d_wait,
                     }
                 )
         return IdleWindow(self.method, t1 - t0, vcpus)

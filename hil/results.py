@@ -31,9 +31,10 @@ _last_stamp = ""
 
 def new_run_dir(root: Path, scenario: str) -> tuple[str, Path]:
     """A fresh, unique directory, claimed by this process (hil.janitor) until a run.json
-    with a verdict is written.  Ids sort by start time: the UTC start to the millisecond, and within one
-    process strictly increasing (two runs in one millisecond get consecutive ones).
-    Older ids have no milliseconds (20261121T030000Z-1a2b); parse_run_id reads both."""
+    with a verdict is written.  Ids sort by start time: the UTC start to the millisecond,
+    and within one process strictly increasing (two runs in one millisecond get
+    consecutive ones).  Older ids have no milliseconds (20261121T030000Z-1a2b);
+    parse_run_id reads both."""
     global _last_stamp
     from . import janitor
 

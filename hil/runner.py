@@ -73,7 +73,7 @@ def run_scenario(
             for i, spec in enumerate(plan.devices):
                 if (h := kind_of(spec).helper(spec, run_dir)) is not None:
                     helpers[i] = stack.enter_context(h)
-            if helpers:
+            if any(spec.kind == "vgpu" for spec in plan.devices):
                 rec.durations["gpu_start_s"] = round(time.monotonic() - t_helpers, 3)
             machine = stack.enter_context(
                 QemuMachine(_machine_config(plan, img, run_dir, rec, helpers), run_dir)

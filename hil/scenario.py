@@ -68,7 +68,10 @@ IMAGE_KEYS = ("boot_fault", "spin_idle")
 DEFAULT_FAIL_ON = ("!EXC", "!PANIC")  # docs/console.md: exception and panic reports
 DEFAULT_READY = "@stage ready"
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-RESERVED_NAMES = ("nightly", "history.sqlite", "README.md")  # beside runs in the results root
+# What the results root holds beside the run directories (docs/results.md).
+RESERVED_NAMES = ("nightly", "README.md") + tuple(
+    "history.sqlite" + x for x in ("", "-wal", "-shm", "-journal")
+)
 
 
 def top_keys() -> tuple[str, ...]:

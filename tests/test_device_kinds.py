@@ -59,3 +59,44 @@ def test_a_clean_log_finds_nothing(tmp_path):
     (tmp_path / "qemu.log").write_text("pci_nvme_mmio_read addr 0x0 size 4\n")
     (spec,) = plan.devices
     assert DEVICES["nvme"].after(spec, AfterContext(plan, tmp_path, [], "pass")) == []
+
+
+def _passthrough(tmp_path, host):
+    from hil.cli import main
+
+    p = tmp_path / "pt.yaml"
+    p.write_text(
+        "profile: q35-tcg-pvh\ndevices:\n"
+        f"  - passthrough: {{host: '{host}', rom: false}}\n"
+        "steps:\n  - expect: '@stage ready'\n"
+    )
+    return p, main(["validate", str(p)])
+
+
+def test_passthrough_malformed_bdf_is_invalid_input(tmp_path, capsys):
+    p, code = _passthrough(tmp_path, "01:00,0,bus=x")
+    err = capsys.readouterr().err
+    assert code == 2 and f"{p}:3: devices[0].passthrough.host" in err
+    assert "is not a PCI address" in err and "Traceback" not in err
+
+
+def test_passthrough_of_a_function_the_host_lacks_is_invalid_input(tmp_path, capsys):
+    p, code = _passthrough(tmp_path, "0000:fe:1f.7")
+    err = capsys.readouterr().err
+    assert code == 2 and "this host has no PCI function 0000:fe:1f.7" in err
+
+
+def test_passthrough_plan_reads_the_host_identity(tmp_path):
+    """On this machine's real /sys (read only): the IDs the guest must see."""
+    from pathlib import Path
+
+    fns = sorted(Path("/sys/bus/pci/devices").glob("*"))
+    if not fns:
+        import pytest
+
+        pytest.skip("no PCI functions in /sys")
+    bdf = fns[0].name
+    plan = make_plan(load_scenario(_passthrough(tmp_path, bdf)[0]))
+    (spec,) = plan.devices
+    vendor = int((fns[0] / "vendor").read_text(), 16)
+    assert spec.ids[0].vendor == vendor and spec.host == bdf and spec.rom is False

@@ -186,11 +186,18 @@ def _validate(path: Path) -> tuple[int, str, float]:
     return code, out.getvalue() + err.getvalue(), time.monotonic() - t0
 
 
-# The peak memory of this process may grow by this much over the whole fuzz run: an
-# alias bomb or a quadratic blow-up needs gigabytes (tracemalloc would be exact, and
-# five times slower).
+# The peak memory of this process may grow by this much over a fuzz test: an alias bomb
+# or a quadratic blow-up needs gigabytes (tracemalloc would be exact, and five times
+# slower).  The baseline is taken when each test starts: in the whole suite, tests that
+# ran before (wgpu, numpy) have raised the process's peak since this module was imported.
 RSS_GROWTH = 300 << 20
 _RSS_AT_START = _peak_rss()
+
+
+@pytest.fixture(autouse=True)
+def _rss_baseline():
+    global _RSS_AT_START
+    _RSS_AT_START = _peak_rss()
 
 
 def _check(tmp: Path, scenario: str, profile: str) -> None:

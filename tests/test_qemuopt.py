@@ -82,4 +82,4 @@ def test_repeat_beyond_reason_is_refused_at_once(capsys):
     with pytest.raises(SystemExit) as e:
         main(["run", "scenarios/boot.yaml", "--repeat", "1000000000000"])
     assert e.value.code == 2
-    assert "is not a whole number from 1 to 10000" in capsys.readouterr().err
+    assert "is not a whole number of at least 1 (and at most 10000)" in capsys.readouterr().err

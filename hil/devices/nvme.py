@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import qemuopt
+from ..errors import UserError
 from ..pattern import Pattern
 from ..steps.patterns import parse_pattern
 from . import disk
@@ -91,7 +92,12 @@ class NvmeKind(DeviceKind):
 
     def plan(self, spec, profile):
         if spec.file is not None:
-            disk.image_format(spec.file)  # a broken backing chain is the user's to fix
+            # a broken backing chain, or a file that is no disk, is the user's to fix
+            if disk.image_format(spec.file) == "raw" and spec.file.stat().st_size % 512:
+                raise UserError(
+                    f"{spec.file}: a raw disk image is a whole number of 512-byte sectors; "
+                    f"this file has {spec.file.stat().st_size} bytes. Is it a disk image?"
+                )
         return spec
 
     def pci_ids(self, spec):

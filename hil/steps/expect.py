@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..pattern import Pattern
-from ..yamlsrc import suggest
+from ..yamlsrc import excerpt, suggest
 from .base import STEPS, Step, StepKind
 from .patterns import parse_pattern
 
@@ -39,10 +39,10 @@ class ExpectKind(StepKind):
         record = f.get("record", dict, {}, example="record: {busy: hex}")
         pairs = []
         for group, typ in (record or {}).items():
-            if typ not in RECORD_TYPES:
+            if not isinstance(typ, str) or typ not in RECORD_TYPES:
                 f.error(
                     "record",
-                    f"type {str(typ)[:20]!r} for {str(group)[:40]!r} is not one of "
+                    f"type {excerpt(typ)} for {excerpt(group)} is not one of "
                     f"{', '.join(RECORD_TYPES)}{suggest(str(typ), RECORD_TYPES)}.",
                 )
                 continue

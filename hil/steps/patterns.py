@@ -29,6 +29,6 @@ def parse_pattern(problems: Problems, node, where: str, line) -> Pattern | None:
         line,
         where,
         "a pattern is a string (a literal substring of a console "
-        "line) or {regex: '...'} (a regular expression searched in a line).",
+        "line) or {regex: '...'} (an RE2 regular expression searched in a line).",
     )
     return None
