@@ -67,6 +67,11 @@ def doctor(out: TextIO) -> int:
                 "install util-linux; without it a killed hil may leave QEMU running",
             )
         )
+    from . import pattern
+
+    if pattern.re2 is None:
+        rows.append(("google-re2", "MISSING", pattern.MISSING))
+        fatal = True
     k = host.kvm()
     if k.usable:
         note = k.reason + (

@@ -3,8 +3,8 @@
 hil's context managers remove every temporary directory on any exception, Ctrl-C and
 SIGTERM.  A SIGKILL of the whole process group (systemd after ``TimeoutStartSec``, the
 OOM killer) runs no code at all, so what was open stays: the QMP and ivshmem socket
-directories (``$TMPDIR/hil-*``), a run directory's per-run disks (its run.json is never
-written), a half-built image cache directory (``<cache>/.tmp-<key>-*``).
+directories (``$TMPDIR/hil-*``), a run directory's per-run disks (its run.json never gets
+its verdict), a half-built image cache directory (``<cache>/.tmp-<key>-*``).
 
 Every such directory is *claimed* by its creator: an owner file holding the creating
 process's pid, that process's start time (so a pid reused by another process is not
@@ -52,15 +52,17 @@ def _boot_id() -> str:
 
 
 def _start_time(pid: int) -> int | None:
-    """When ``pid`` started (clock ticks after boot), or None when there is no such
-    process.  The command name in field 2 may hold spaces and ')': split after the last."""
+    """When ``pid`` started (clock ticks after boot), or None when no such process runs.
+    The command name in field 2 may hold spaces and ')': split after the last."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     fields = stat[stat.rfind(")") + 2 :].split()
+    if not fields or fields[0] in ("Z", "X"):
+        return None  # a zombie has ended (its parent, a killed hil, will never reap it)
     try:
-        return int(fields[19])  # field 22 overall; fields[0] is field 3
+        return int(fields[19])  # field 22 overall; fields[0] (the state) is field 3
     except (IndexError, ValueError):
         return None
 
@@ -120,7 +122,7 @@ def cleanup_stale(results_root: Path, cache_root: Path, tmpdir: Path) -> list[st
             removed.append(f"{d} (half-built image)")
     root = Path(results_root)
     for d in _dirs(root, "", depth=2):
-        if (d / "run.json").exists() or not is_stale(d):
+        if _finished(d) or not is_stale(d):
             continue
         # The run's logs stay (they show how far it got); its disks are the bulk.
         for f in d.iterdir():
@@ -129,6 +131,16 @@ def cleanup_stale(results_root: Path, cache_root: Path, tmpdir: Path) -> list[st
                 removed.append(f"{f} (disk of a run that never finished)")
         release(d)
     return removed
+
+
+def _finished(run_dir: Path) -> bool:
+    """A run is finished once its run.json has a verdict (the runner writes a partial
+    run.json, without one, when the run starts)."""
+    try:
+        data = json.loads((run_dir / "run.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("verdict") is not None
 
 
 def _dirs(root: Path, prefix: str, depth: int = 1) -> list[Path]:

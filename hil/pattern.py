@@ -15,8 +15,19 @@ import functools
 import re
 from dataclasses import dataclass
 
-import re2
+from .errors import InfraError
+from .yamlsrc import excerpt
 
+try:
+    import re2
+except ImportError:  # bin/hil installs it (constraints.txt); a bare checkout may lack it
+    re2 = None
+
+MISSING = (
+    "the Python package google-re2 (module re2) is missing: hil matches console patterns "
+    "with it. Run bin/hil, which installs the pinned dependencies, or "
+    "`pip install -c constraints.txt google-re2`."
+)
 # The memory a compiled pattern may use (RE2's default is 8 MiB); a pattern needing more
 # (e.g. 'a{1000}{1000}') is refused at validation instead of growing without bound.
 MAX_PROGRAM_MEMORY = 8 << 20
@@ -40,7 +51,9 @@ class PatternError(ValueError):
     """The regex does not compile under RE2; the message names the construct and the fix."""
 
 
-def _options() -> re2.Options:
+def _options():
+    if re2 is None:
+        raise InfraError(MISSING)
     opts = re2.Options()
     opts.log_errors = False  # RE2 would print every rejected pattern to stderr
     opts.max_mem = MAX_PROGRAM_MEMORY
@@ -50,8 +63,9 @@ def _options() -> re2.Options:
 @functools.lru_cache(maxsize=1024)
 def compile_regex(text: str):
     """The RE2 program for ``text``; raises PatternError with an explanation."""
+    opts = _options()
     try:
-        return re2.compile(text, _options())
+        return re2.compile(text, opts)
     except re2.error as e:
         raise PatternError(explain(text, e)) from None
 
@@ -82,7 +96,7 @@ class Pattern:
     @property
     def compiled(self):
         """The RE2 program (a literal is escaped); ``search`` and ``groupindex`` as in re."""
-        return compile_regex(self.text if self.regex else re2.escape(self.text))
+        return compile_regex(self.text if self.regex else re.escape(self.text))
 
     @property
     def groupindex(self) -> dict[str, int]:
@@ -98,12 +112,10 @@ class Pattern:
 
 
 def regex_problem(text: str) -> str | None:
-    """Why ``text`` cannot be used as a pattern's regex (a sentence with the fix), or None."""
+    """Why ``text`` cannot be used as a pattern's regex (one paragraph), or None."""
     try:
         compile_regex(text)
     except PatternError as e:
-        from .yamlsrc import excerpt
-
         return (
             f"invalid regular expression {excerpt(text)}: {e}. Fix the regex (escape "
             "literal '.', '(', '[' and '+' with a backslash; the dialect is RE2, "

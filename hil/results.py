@@ -30,10 +30,11 @@ _last_stamp = ""
 
 
 def new_run_dir(root: Path, scenario: str) -> tuple[str, Path]:
-    """A fresh, unique directory, claimed by this process (hil.janitor) until its run.json
-    is written.  Ids sort by start time: the UTC start to the millisecond, and within one
-    process strictly increasing (two runs in one millisecond get consecutive ones).
-    Older ids have no milliseconds (20261121T030000Z-1a2b); parse_run_id reads both."""
+    """A fresh, unique directory, claimed by this process (hil.janitor) until a run.json
+    with a verdict is written.  Ids sort by start time: the UTC start to the millisecond,
+    and within one process strictly increasing (two runs in one millisecond get
+    consecutive ones).  Older ids have no milliseconds (20261121T030000Z-1a2b);
+    parse_run_id reads both."""
     global _last_stamp
     from . import janitor
 
@@ -107,8 +108,8 @@ def write_json(path: Path, data: dict) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
     tmp.replace(path)
-    if path.name == "run.json":
-        # A run directory with its run.json is a finished run: the janitor's claim ends.
+    if path.name == "run.json" and data.get("verdict") is not None:
+        # A run.json with its verdict is a finished run: the janitor's claim ends.
         from . import janitor
 
         janitor.release(path.parent)

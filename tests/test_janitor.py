@@ -30,6 +30,7 @@ tmp, res, cache = map(Path, sys.argv[1:4])
 sock = janitor.owned_tempdir(dir=str(tmp))
 (Path(sock) / "qmp.sock").write_text("")
 run_id, run_dir = results.new_run_dir(res, "boot")
+results.write_json(run_dir / "run.json", {"verdict": None})  # the runner's partial record
 for name in ("nvme0.qcow2", "usb0-storage.img", "serial.log"):
     (run_dir / name).write_text("x")
 print("ready", flush=True)
@@ -88,7 +89,7 @@ def test_what_a_sigkilled_hil_left_is_removed_and_nothing_else(tmp_path):
     unowned.mkdir()
     _, finished = results.new_run_dir(where["results"], "boot")
     (finished / "nvme0.img").write_text("kept")
-    results.write_json(finished / "run.json", {"verdict": "pass"})
+    results.write_json(finished / "run.json", {"verdict": {"outcome": "pass"}})
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     shutil.copy(sock / OWNER_FILE, elsewhere / OWNER_FILE)
@@ -97,7 +98,7 @@ def test_what_a_sigkilled_hil_left_is_removed_and_nothing_else(tmp_path):
     removed = cleanup_stale(where["results"], where["cache"], where["tmp"])
 
     assert not sock.exists() and not work.exists()
-    assert sorted(p.name for p in run_dir.iterdir()) == ["serial.log"]
+    assert sorted(p.name for p in run_dir.iterdir()) == ["run.json", "serial.log"]
     assert live.exists() and unowned.exists() and (elsewhere / OWNER_FILE).exists()
     assert (finished / "nvme0.img").exists() and not (finished / OWNER_FILE).exists()
     assert len(removed) == 4, removed
@@ -161,3 +162,29 @@ def test_hil_start_cleans_up_and_says_so(tmp_path):
     )
     assert "hil: removed 4 leftover(s) of hil processes that were killed" in p.stderr, p.stderr
     assert not list(where["tmp"].iterdir()) and not list(where["cache"].glob(".tmp-*"))
+
+
+def test_a_zombie_owner_is_dead(tmp_path):
+    # The worker processes of a SIGKILLed hil stay zombies when nobody reaps them; their
+    # /proc entry remains, with state Z.
+    code = f"from hil import janitor; janitor.owned_tempdir(dir={str(tmp_path)!r})"
+    p = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}
+    )
+    (d,) = _wait_for(lambda: [x for x in tmp_path.glob("hil-*") if (x / OWNER_FILE).exists()])
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{p.pid}/stat").read_text().split(")")[-1].split()[0] != "Z":
+        assert time.monotonic() < deadline, "the child never exited"
+        time.sleep(0.02)
+    try:
+        assert janitor.is_stale(d)  # not reaped yet: still in /proc, as a zombie
+    finally:
+        p.wait()
+
+
+def _wait_for(fn, timeout: float = 30.0):
+    deadline = time.monotonic() + timeout
+    while not (found := fn()):
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+    return found

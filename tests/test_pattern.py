@@ -90,3 +90,23 @@ def test_no_rejected_pattern_is_logged_to_stderr(capfd):
     with pytest.raises(PatternError):
         compile_regex("(unclosed")
     assert capfd.readouterr().err == ""
+
+
+def test_every_printable_character_is_literal_in_a_literal_pattern():
+    import string
+
+    text = string.printable.strip() + "é☕\u202e"
+    assert Pattern(text).search(f"<{text}>") and not Pattern(text).search(text[1:])
+
+
+def test_a_missing_re2_is_an_infrastructure_error(monkeypatch):
+    from hil import pattern
+    from hil.errors import InfraError
+
+    monkeypatch.setattr(pattern, "re2", None)
+    pattern.compile_regex.cache_clear()
+    try:
+        with pytest.raises(InfraError, match="google-re2"):
+            Pattern("x", regex=True).search("x")
+    finally:
+        pattern.compile_regex.cache_clear()
