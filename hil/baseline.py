@@ -29,8 +29,9 @@ Two questions per key (docs/nightly.md, "Regression rules", is the user-facing t
    ones: its p-value says how sure so few repeats can be.
 3. *Does a suspected regression hold up?*  ``hil nightly`` re-runs each suspect a few
    more times, interleaved with a pair that did not move (hil.nightly, ``confirm``): the
-   change is *confirmed* when the new repeats regress too (same rule, and a rank test
-   against the baseline at p <= 0.05) -- after dividing out how much slower the control
+   change is *confirmed* when the new repeats regress too (same rule, and a rank test of
+   tonight's repeats and the re-runs, pooled, against the baseline at p <= 0.01) --
+   after dividing out how much slower the control
    pair got meanwhile; *host noise* when the new repeats do not regress; *host slowed
    down* when they regress only as much as the control did, or every pair moved at once.
    Only a confirmed change is a regression.
@@ -117,7 +118,9 @@ RULES: dict[str, MetricRule] = {
 
 
 CONFIRMED, HOST_NOISE, HOST_SLOWED = "confirmed", "host-noise", "host-slowed"
-CONFIRM_P = 0.05  # the rank test's bar for a confirmation
+# The rank test's bar for a confirmation: tonight's repeats and the re-runs, pooled,
+# against the baseline's (3 + 5 against 3 can reach p = 1/165).
+CONFIRM_P = 0.01
 RANK_P = 0.05  # ... and for a change beyond the floor but within k sigma of few repeats
 
 
@@ -179,6 +182,7 @@ class MetricChange:
     verdict: str  # regression | improvement | same
     p: float | None = None  # one-sided rank test that now is worse than the baseline
     baseline_values: tuple[float, ...] = ()
+    current_values: tuple[float, ...] = ()
     confirmation: Confirmation | None = None
 
     @property
@@ -257,17 +261,19 @@ def compare_metric(
         noise = max(noise, history.sigma)
     floor = max(rule.rel * abs(baseline.median), rule.abs)
     tol = max(floor, rule.k * noise)
-    p, base_values = None, ()
+    p, base_values, cur_values = None, (), ()
     if values is not None:
         b, c = values
         better = rule.better if worse >= 0 else _other(rule.better)
-        p, base_values = rank_p(b, c, better), tuple(b)
+        p, base_values, cur_values = rank_p(b, c, better), tuple(b), tuple(c)
     # Beyond the floor, a change counts when it clears k sigma of the noise -- or, since a
     # spread from three repeats is a weak estimate, when the rank test says the repeats
     # do not overlap (p <= RANK_P); a suspect is then re-run before it is reported.
     clear = abs(worse) > tol or (p is not None and p <= RANK_P and abs(worse) > floor)
     verdict = "same" if not clear else "regression" if worse > 0 else "improvement"
-    return MetricChange(rule.metric, baseline, current, worse, tol, verdict, p, base_values)
+    return MetricChange(
+        rule.metric, baseline, current, worse, tol, verdict, p, base_values, cur_values
+    )
 
 
 def _other(better: str) -> str:

@@ -17,13 +17,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import tempfile
 import time
 import tty
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import host, qemuopt
+from . import host, janitor, qemuopt
 from .errors import InfraError
 from .process import Lifetime, launcher, stop_group
 from .qmp import QmpDriver
@@ -128,7 +127,8 @@ class QemuMachine(Lifetime):
 
     # -- lifetime -------------------------------------------------------------
     def start(self) -> None:
-        self._sockdir = tempfile.mkdtemp(prefix="hil-")  # short path: sun_path is 108 bytes
+        # short path: sun_path is 108 bytes; owned, so a SIGKILLed hil's is cleaned up
+        self._sockdir = janitor.owned_tempdir("hil-")
         qmp_path = os.path.join(self._sockdir, "qmp.sock")
         master, slave = os.openpty()
         tty.setraw(slave)  # no echo, no CR/LF translation: bytes as the guest sent them

@@ -145,11 +145,13 @@ def confirm(
         return [r.metrics[metric] for r in runs if r.outcome == PASS and metric in r.metrics]
 
     def rerun(change, key, factor: float = 1.0):
-        """``change``'s metric on the re-runs of ``key``, against the same baseline;
-        ``factor``: how much slower the host got (the control's own change), divided out."""
-        vals = samples(key, change.metric)
-        if not vals:
+        """``change``'s metric on tonight's repeats of ``key`` and its re-runs, pooled,
+        against the same baseline; ``factor``: how much slower the host got (the
+        control's own change), divided out."""
+        new = samples(key, change.metric)
+        if not new:
             return None
+        vals = list(change.current_values) + new
         rule = RULES[change.metric]
         vals = [v / factor if rule.better == "lower" else v * factor for v in vals]
         return compare_metric(

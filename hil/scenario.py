@@ -149,7 +149,7 @@ def load_scenario(path: Path, profile_override: str | None = None) -> Scenario:
             f"{name[:40]!r} cannot name a results directory; use 1 to 64 letters, digits, "
             "'-', '_' and '.', starting with a letter or digit.",
         )
-    elif name in RESERVED_NAMES:
+    elif name.casefold() in {n.casefold() for n in RESERVED_NAMES}:
         f.error(
             "name",
             f"{name!r} is taken in the results root (results/{name} holds "

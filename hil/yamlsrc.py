@@ -194,7 +194,7 @@ def _open_problem(path: Path, what: str, e: OSError) -> str:
     if e.errno == errno.ENOENT:
         if os.path.islink(path):
             return f"{path}: this {what} path is a symbolic link to a missing file. Fix the link."
-        return f"{path}: no such {what} file. Check the path."
+        return f"{path}: no such {what} file (the path does not exist). Check the path."
     if e.errno == errno.ELOOP:
         return f"{path}: this {what} path is a loop of symbolic links. Point it at a regular file."
     if e.errno in (errno.EACCES, errno.EPERM):

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,11 +16,13 @@ from .. import qemuopt
 from ..errors import UserError
 from ..pattern import Pattern
 from ..steps.patterns import parse_pattern
+from ..yamlsrc import check_input_file
 from . import disk
 from .base import AfterContext, AttachContext, DeviceKind, Finding, PciId
 from .registry import DEVICES
 
 ID = PciId(0x1B36, 0x0010, 0x010802)
+MAX_FILE = 1 << 40  # a disk file of 1 TiB is attached; a larger one is a mistake
 SERIAL = re.compile(r"[A-Za-z0-9 ._:-]{1,20}")  # NVMe's SN field: 20 ASCII characters
 
 
@@ -78,12 +81,11 @@ class NvmeKind(DeviceKind):
                     "not both.",
                 )
                 return None
-            path = (ctx.base_dir / file_raw).resolve()
-            what = "is not a regular file" if path.exists() else "does not exist"
-            if not path.is_file():
+            path = Path(os.path.realpath(ctx.base_dir / file_raw))
+            if (problem := check_input_file(path, "disk image", MAX_FILE)) is not None:
                 f.error(
                     "file",
-                    f"{path} {what}. Fix the path (relative paths are relative to the YAML file).",
+                    f"{problem} (Relative paths are relative to the YAML file.)",
                 )
                 return None
             return Nvme(file=path, serial=serial)

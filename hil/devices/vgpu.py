@@ -9,12 +9,13 @@ before QEMU and stops it after, and afterwards turns the bridge's statistics int
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from .. import qemuopt
-from ..yamlsrc import parse_size
+from ..yamlsrc import check_input_file, parse_size
 from .base import AfterContext, AttachContext, DeviceKind, Finding, PciId
 from .registry import DEVICES
 
@@ -113,10 +114,9 @@ class VgpuKind(DeviceKind):
         reference = f.choice("reference", REFERENCES, "none")
         if not f.ok or program is None:
             return None
-        path = (ctx.base_dir / program).resolve()
-        if not path.is_file():
-            what = "is not a regular file" if path.exists() else "does not exist"
-            f.error("program", f"{path} {what}. Fix the path (relative to the scenario).")
+        path = Path(os.path.realpath(ctx.base_dir / program))
+        if (problem := check_input_file(path, "GPU program", 16 << 20)) is not None:
+            f.error("program", f"{problem} (Relative paths are relative to the scenario.)")
             return None
         if path.suffix not in (".pxs", ".png"):
             f.error("program", f"{path.name}: a GPU program is a .pxs source or a .png image.")

@@ -17,10 +17,10 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
+from .. import janitor
 from ..errors import InfraError
 from ..process import Lifetime, launcher, stop_group
 
@@ -39,7 +39,7 @@ class BridgeProcess(Lifetime):
         self.status: int | None = None
 
     def start(self) -> None:
-        self.sockdir = tempfile.mkdtemp(prefix="hil-vgpu-")
+        self.sockdir = janitor.owned_tempdir("hil-vgpu-")  # cleaned up after a SIGKILL
         self.socket = os.path.join(self.sockdir, "ivshmem.sock")
         argv = [
             sys.executable,
