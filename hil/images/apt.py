@@ -118,10 +118,14 @@ def candidates(packages: tuple[str, ...], key: str = "image.packages") -> dict[s
     return found
 
 
-def closure(packages: tuple[str, ...], key: str = "image.packages") -> list[Pkg]:
-    """Every package (with version) a fresh system needs to install `packages`, as apt
-    resolves it without recommends. No network."""
+def closure(
+    packages: tuple[str, ...], key: str = "image.packages", also: tuple[str, ...] = ()
+) -> list[Pkg]:
+    """Every package (with version) a fresh system needs to install `packages` and
+    `also` (which the user did not name), as apt resolves it without recommends. No
+    network."""
     candidates(packages, key)
+    packages = (*also, *packages)
     p = _run([_tool("apt-get", "apt"), *_base_opts(), "--simulate", "install",
               "--no-install-recommends", *packages])  # fmt: skip
     if p.returncode != 0:

@@ -26,12 +26,16 @@ class Stage:
     meaning: str
 
 
+# The kernel stamps its lines with seconds since boot (CONFIG_PRINTK_TIME, on in
+# Debian's kernel); printk.time=0 would drop the stamp, so it is optional here.
+TS = r"^(?:\[ *[0-9]+\.[0-9]+\] )?"
+
 # In boot order. The kernel's lines are its own (Linux 6.1, printk with console=ttyS0);
 # the init's lines all start with "@linux ", then the stage, then key=value fields.
 STAGES: tuple[Stage, ...] = (
-    Stage("kernel", r"^Linux version (\S+)", "kernel",
+    Stage("kernel", TS + r"Linux version (\S+)", "kernel",
           "the kernel's banner, its first line on the serial console"),
-    Stage("initramfs", r"^(?:\[[ 0-9.]+\] )?Run /init as init process", "kernel",
+    Stage("initramfs", TS + "Run /init as init process", "kernel",
           "the initramfs is unpacked and the kernel starts /init"),
     Stage("init", r"^@linux init up=([0-9.]+)$", "init",
           "/init runs; proc, sysfs, devtmpfs and /tmp are mounted; up= is /proc/uptime in seconds"),
@@ -41,7 +45,7 @@ STAGES: tuple[Stage, ...] = (
           "the scenario's commands (init:) start"),
     Stage("done", r"^@linux done rc=(\d+) up=([0-9.]+)$", "init",
           "the commands ended with exit status rc"),
-    Stage("poweroff", r"^(?:\[[ 0-9.]+\] )?reboot: Power down", "kernel",
+    Stage("poweroff", TS + "reboot: Power down", "kernel",
           "the kernel powers the machine off (QEMU exits with status 0)"),
 )  # fmt: skip
 
@@ -100,9 +104,23 @@ load() {{
 }}
 {insmods}
 echo "@linux modules n=$n up=$(up)"
+# From here on only kernel messages of level warning and worse reach the console, so
+# that the commands' output (fio's JSON) is not cut by informational lines.
+dmesg -n 5
 echo "@linux run up=$(up)"
 sh /{COMMANDS_PATH}
 echo "@linux done rc=$? up=$(up)"
 {after}sync
 poweroff -f
 """
+
+
+def doc_table() -> str:
+    """The console-lines table of docs/images.md (tests/test_linux_image.py keeps it equal)."""
+    rows = ["| stage | pattern (regular expression) | printed by | meaning |", "|---|---|---|---|"]
+    for s in STAGES:
+        rows.append(f"| `{s.name}` | `{s.pattern}` | {s.source} | {s.meaning} |")
+    rows += ["", "| other line (init) | meaning |", "|---|---|"]
+    rows += [f"| `{pat}` | {meaning} |" for pat, meaning in LINES]
+    rows += ["", f"A kernel panic: `{PANIC}` (the group is the cause)."]
+    return "\n".join(rows)

@@ -170,12 +170,18 @@ class Resolved:
 
 
 def _resolve_online(packages: tuple[str, ...], where: str) -> Resolved:
-    meta = apt.candidates((KERNEL_META,), f"{where} (the kernel, {KERNEL_META})")[KERNEL_META]
+    try:
+        meta = apt.candidates((KERNEL_META,), "kernel")[KERNEL_META]
+    except UserError as e:
+        raise InfraError(
+            f"apt's package lists have no {KERNEL_META}, the kernel of every linux image: "
+            "the lists are missing or old. Run `apt-get update` (as root)."
+        ) from e
     deps = apt.depends_of(KERNEL_META, meta)
     m = re.search(r"(linux-image-[0-9][^ ,]*-amd64) \(= ([^)]+)\)", deps)
     if not m:
         raise InfraError(f"{KERNEL_META} {meta}: no linux-image-*-amd64 in its Depends ({deps})")
-    closure = apt.closure((USERLAND, *packages), f"{where}.packages")
+    closure = apt.closure(packages, f"{where}.packages", also=(USERLAND,))
     return Resolved(apt.Pkg(m.group(1), m.group(2)), tuple(closure))
 
 
