@@ -23,6 +23,7 @@ import stat
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +45,10 @@ SKIP_PREFIXES = ("usr/share/doc/", "usr/share/man/", "usr/share/info/", "usr/sha
                  "usr/share/lintian/", "usr/share/bug/")  # fmt: skip
 PROGRAM_DIRS = ("bin/", "sbin/", "usr/bin/", "usr/sbin/", "usr/libexec/", "usr/lib/")
 MIN_MEMORY_MB = 256
+UNPACK_JOBS = 4
+# gzip level 1: 1.8 s for fio's 88 MB initramfs against 5.0 s at level 6, for a file
+# 10% larger (35 against 32 MB); the kernel unpacks either as fast.
+GZIP_LEVEL = 1
 _INIT_KEYS = ("kind", "packages", "modules", "init", "append", "shell")
 
 
@@ -239,14 +244,19 @@ class _Builder:
         debs = apt.download([self.res.kernel, *self.res.packages], self.root / "debs", self.say)
         self.say(f"unpacking {len(debs)} packages")
         userland, kroot = self.stage / "root", self.stage / "kernel"
-        for name, deb in debs.items():
-            apt.unpack(deb, kroot if name == self.res.kernel.name else userland)
+        # dpkg-deb is a process per package, mostly waiting on xz and the disk: run a few
+        # at once (measured: 10.6 s one by one for fio's 105 packages on 2 loaded cores).
+        with ThreadPoolExecutor(max_workers=UNPACK_JOBS) as pool:
+            jobs = [pool.submit(apt.unpack, deb, kroot if name == self.res.kernel.name else userland)
+                    for name, deb in debs.items()]  # fmt: skip
+            for job in jobs:
+                job.result()
         version, vmlinuz = self._kernel(kroot)
         mods = self._modules(kroot / "lib" / "modules" / version)
         lib_dirs = self._userland(userland, debs)
         self._init(mods, lib_dirs)
         self.say(f"writing initramfs ({len(self.tree)} entries)")
-        raw = cpio.write_gzip(self.tree, self.out / "initrd.img")
+        raw = cpio.write_gzip(self.tree, self.out / "initrd.img", GZIP_LEVEL)
         shutil.copyfile(vmlinuz, self.out / "vmlinuz")
         shutil.rmtree(self.stage)
         return {"kernel_version": version, "modules": [m for m, _ in mods], "initrd_raw": raw,
