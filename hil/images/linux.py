@@ -30,6 +30,7 @@ from pathlib import Path
 from hil.errors import BuildError, InfraError, UserError
 from hil.images import apt, cpio, elfdeps, initscript
 from hil.images.kernelfile import check_append, inspect_kernel
+from hil.images.modules import NAME_RE as MODULE_NAME_RE
 from hil.images.modules import ModuleTree, read_module
 
 SCHEMA = 1  # bump when the image layout changes without a source change
@@ -116,10 +117,8 @@ def validate_spec(spec: LinuxSpec, where: str = "image") -> None:
     """What can be checked without apt: names and the command line. Package existence
     (apt) and module existence (after download) are checked by build_linux."""
     apt.check_names(spec.packages, f"{where}.packages")
-    from hil.images.modules import NAME_RE
-
     for i, m in enumerate(spec.modules):
-        if not NAME_RE.fullmatch(m):
+        if not MODULE_NAME_RE.fullmatch(m):
             raise UserError(f"{where}.modules[{i}]: {m!r} is not a module name (e.g. nvme, e1000).")
     if "\0" in spec.init:
         raise UserError(f"{where}.init: contains a NUL character; give shell commands as text.")
@@ -325,7 +324,7 @@ class _Builder:
         t.file("init", initscript.render(mods, lib_dirs, self.spec.shell).encode(), 0o755)
 
 
-def _load(final: Path, cached: bool, spec: LinuxSpec) -> LinuxImage:
+def _load(final: Path, cached: bool) -> LinuxImage:
     meta = json.loads((final / "image.json").read_text())
     return LinuxImage(
         kernel=final / "vmlinuz",
@@ -368,7 +367,7 @@ def build_linux(
     final = root / key
     if (final / "image.json").is_file():
         log(f"linux image {key} cached")
-        return _load(final, True, spec)
+        return _load(final, True)
     root.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=root))
     try:
@@ -402,4 +401,4 @@ def build_linux(
         shutil.rmtree(work, ignore_errors=True)
         raise
     log(f"linux image {key} built in {info['build_s']} s")
-    return _load(final, False, spec)
+    return _load(final, False)

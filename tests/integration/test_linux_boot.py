@@ -161,6 +161,26 @@ def test_build_is_cached_and_records_what_went_in(fio_image, linux_cache, record
         assert name + b"\0" in data, name
 
 
+def test_initramfs_is_read_by_busybox_cpio(fio_image, linux_cache, tmp_path):
+    """An independent reader of our newc archive: busybox's cpio applet, from the same
+    busybox-static package the image uses."""
+    img, _, _ = fio_image
+    (deb,) = (linux_cache / "debs").glob("busybox-static_*.deb")
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp_path / "bb")], check=True)
+    busybox = tmp_path / "bb" / "bin" / "busybox"
+    archive = gzip.decompress(img.initrd.read_bytes())
+    out = tmp_path / "out"
+    out.mkdir()
+    p = subprocess.run([str(busybox), "cpio", "-i", "-d", "-t"], input=archive,
+                       capture_output=True, check=True)  # fmt: skip
+    listing = p.stdout.decode().split()
+    assert "usr/bin/fio" in listing and "init" in listing and "dev/console" in listing
+    subprocess.run([str(busybox), "cpio", "-i", "-d", "init", "usr/bin/fio"], input=archive, cwd=out,
+                   capture_output=True, check=True)  # fmt: skip
+    assert (out / "init").read_text().startswith("#!/bin/busybox sh")
+    assert (out / "usr/bin/fio").read_bytes()[:4] == b"\x7fELF"
+
+
 def test_fio_on_nvme_boots_runs_and_powers_off(fio_image, tmp_path, record_property):
     img, _, _ = fio_image
     with Qemu([*img.qemu_args(), *nvme_args(tmp_path)], img.memory_mb, tmp_path) as q:
