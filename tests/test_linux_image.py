@@ -542,3 +542,18 @@ def test_key_depends_on_spec_and_versions():
     assert image_key(a, res) == image_key(LinuxSpec(("fio",), ("nvme",), "fio\n"), res)
     assert re.fullmatch(r"[0-9a-f]{24}", image_key(a, res))
     assert Resolved.from_json(res.to_json()) == res
+
+
+def test_download_errors_are_told_apart():
+    from hil.images import apt
+
+    net = apt._download_error(
+        "Err:1 http://deb.debian.org/debian bookworm/main amd64 fio amd64 3.33-3\n"
+        "  Temporary failure resolving 'deb.debian.org'\n"
+        "E: Failed to fetch http://deb.debian.org/debian/pool/main/f/fio/fio_3.33-3_amd64.deb"
+    )
+    assert "no network reachable" in str(net) and "E: Failed to fetch" in str(net)
+    gone = apt._download_error("E: Version '0.1' for 'fio' was not found\n")
+    assert isinstance(gone, apt.VersionGone) and "'0.1' for 'fio'" in str(gone)
+    other = apt._download_error("E: something else\n")
+    assert type(other).__name__ == "InfraError" and "something else" in str(other)

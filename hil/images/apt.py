@@ -36,6 +36,10 @@ _NET_HINTS = (
 )
 
 
+class VersionGone(InfraError):
+    """apt no longer knows a remembered version (the archive moved on)."""
+
+
 @dataclass(frozen=True, order=True)
 class Pkg:
     name: str
@@ -177,6 +181,8 @@ def download(pkgs: list[Pkg], debs: Path, log: Callable[[str], None]) -> dict[st
 
 def _download_error(out: str) -> InfraError:
     tail = "\n".join(line for line in out.splitlines() if line.startswith(("E:", "Err")))[-1500:]
+    if re.search(r"^E: Version '[^']*' for '[^']*' was not found", out, re.M):
+        return VersionGone(f"apt no longer offers a package version this build wants:\n{tail}")
     if any(h in out for h in _NET_HINTS):
         return InfraError(
             "downloading Debian packages failed: no network reachable (the first build of a "

@@ -189,21 +189,23 @@ def _resolve_online(packages: tuple[str, ...], where: str) -> Resolved:
     return Resolved(apt.Pkg(m.group(1), m.group(2)), tuple(closure))
 
 
-def resolve(spec: LinuxSpec, root: Path, refresh: bool = False, where: str = "image") -> Resolved:
-    """The package versions for `spec`: remembered per package set, so that a later
-    build computes its key without apt; `refresh` asks apt again."""
+def resolve(
+    spec: LinuxSpec, root: Path, refresh: bool = False, where: str = "image"
+) -> tuple[Resolved, bool]:
+    """The package versions for `spec`, and whether they were remembered: they are kept
+    per package set, so that a later build computes its key without apt; `refresh`
+    asks apt again."""
     names = sorted(set(spec.packages))
-    memo = (
-        root / "resolved" / (hashlib.sha256(json.dumps(names).encode()).hexdigest()[:24] + ".json")
-    )
+    digest = hashlib.sha256(json.dumps(names).encode()).hexdigest()[:24]
+    memo = root / "resolved" / f"{digest}.json"
     if not refresh and memo.is_file():
         try:
-            return Resolved.from_json(json.loads(memo.read_text()))
+            return Resolved.from_json(json.loads(memo.read_text())), True
         except (ValueError, KeyError, TypeError):
             pass  # a damaged memo is resolved again
     res = _resolve_online(spec.packages, where)
     _write_atomic(memo, json.dumps({**res.to_json(), "names": names, "at": time.time()}, indent=1))
-    return res
+    return res, False
 
 
 def image_key(spec: LinuxSpec, res: Resolved) -> str:
@@ -362,7 +364,22 @@ def build_linux(
     for this package set the first time are kept, and a cached build needs no apt)."""
     validate_spec(spec, where)
     root = cache_root(cache_root_dir)
-    res = resolve(spec, root, refresh, where)
+    res, remembered = resolve(spec, root, refresh, where)
+    try:
+        return _build(spec, res, root, where, log)
+    except apt.VersionGone:
+        if not remembered:
+            raise
+        # The archive dropped a version chosen earlier (a security update replaced it):
+        # choose again, once.
+        log("remembered package versions are gone from the archive; resolving again")
+        res, _ = resolve(spec, root, True, where)
+        return _build(spec, res, root, where, log)
+
+
+def _build(
+    spec: LinuxSpec, res: Resolved, root: Path, where: str, log: Callable[[str], None]
+) -> LinuxImage:
     key = image_key(spec, res)
     final = root / key
     if (final / "image.json").is_file():

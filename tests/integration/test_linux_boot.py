@@ -161,6 +161,20 @@ def test_build_is_cached_and_records_what_went_in(fio_image, linux_cache, record
         assert name + b"\0" in data, name
 
 
+def test_versions_gone_from_the_archive_are_resolved_again(fio_image, linux_cache):
+    img, _, _ = fio_image
+    (memo,) = [p for p in (linux_cache / "resolved").glob("*.json")
+               if json.loads(p.read_text())["names"] == ["fio"]]  # fmt: skip
+    doc = json.loads(memo.read_text())
+    doc["packages"] = [[n, "0.0-gone" if n == "fio" else v, a] for n, v, a in doc["packages"]]
+    memo.write_text(json.dumps(doc))
+    log: list[str] = []
+    again = build_linux(FIO_SPEC, linux_cache, log=log.append)
+    assert "remembered package versions are gone from the archive; resolving again" in log
+    assert again.key == img.key and again.cached
+    assert not list(linux_cache.glob(".tmp-*"))
+
+
 def test_initramfs_is_read_by_busybox_cpio(fio_image, linux_cache, tmp_path):
     """An independent reader of our newc archive: busybox's cpio applet, from the same
     busybox-static package the image uses."""
