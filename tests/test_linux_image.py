@@ -557,3 +557,12 @@ def test_download_errors_are_told_apart():
     assert isinstance(gone, apt.VersionGone) and "'0.1' for 'fio'" in str(gone)
     other = apt._download_error("E: something else\n")
     assert type(other).__name__ == "InfraError" and "something else" in str(other)
+
+
+def test_optional_files_with_missing_libraries_are_only_recorded(libtree):
+    _copy(shutil.which("true"), libtree, "usr/lib/plugin.so")
+    (libtree / "lib/x86_64-linux-gnu/libc.so.6").rename(libtree / "libc.so.6.away")
+    c = elfdeps.needed_closure(libtree, [], ("usr/lib/plugin.so",))
+    assert c.missing == [("usr/lib/plugin.so", "libc.so.6")]
+    with pytest.raises(BuildError):
+        elfdeps.needed_closure(libtree, ["usr/lib/plugin.so"])

@@ -107,15 +107,24 @@ class Closure:
 
     files: dict[str, str] = field(default_factory=dict)
     lib_dirs: list[str] = field(default_factory=list)  # directories libraries came from
+    missing: list[tuple[str, str]] = field(default_factory=list)  # (optional file, library)
 
 
-def needed_closure(root: Path, programs: list[str]) -> Closure:
-    """Every library (and interpreter) the ELF files `programs` (paths relative to
-    `root`) need, transitively. A library not found in the tree is a BuildError naming
-    the program that needs it."""
+def needed_closure(root: Path, programs: list[str], optional: tuple[str, ...] = ()) -> Closure:
+    """Every library (and interpreter) the ELF files `programs` and `optional` (paths
+    relative to `root`) need, transitively. A library not found in the tree is a
+    BuildError naming the program that needs it; for an `optional` file (a plugin, a
+    helper library) it is only recorded in `missing`."""
     out = Closure()
-    queue = list(programs)
     seen: set[str] = set()
+    _walk(root, list(programs), out, seen, strict=True)
+    for rel in optional:
+        _walk(root, [rel], out, seen, strict=False)
+    return out
+
+
+def _walk(root: Path, queue: list[str], out: Closure, seen: set[str], strict: bool) -> None:
+    start = queue[0] if queue else ""
     while queue:
         rel = queue.pop(0)
         real = resolve_in(root, rel)
@@ -125,29 +134,38 @@ def needed_closure(root: Path, programs: list[str]) -> Closure:
         info = read_elf(root / real)
         if info is None:
             continue
+        wanted = []
         if info.interp:
             interp = info.interp.lstrip("/")
             target = resolve_in(root, interp)
             if target is None:
-                raise BuildError(f"/{rel} needs the interpreter {info.interp}, not in the packages")
-            out.files[interp] = target
-            queue.append(interp)
-        origin = posixpath.dirname(real)
+                if strict:
+                    raise BuildError(
+                        f"/{rel} needs the interpreter {info.interp}, not in the packages"
+                    )
+                out.missing.append((start, info.interp))
+                continue
+            wanted.append((interp, target))
+        dirs = _search_dirs(info, posixpath.dirname(real))
         for lib in info.needed:
-            found = _find(root, lib, _search_dirs(info, origin))
+            found = _find(root, lib, dirs)
             if found is None:
-                raise BuildError(
-                    f"/{rel} needs {lib}, which none of the unpacked packages provides "
-                    f"(searched {', '.join(_search_dirs(info, origin)[:8])}). Add the package "
-                    "that ships it to image.packages."
-                )
-            where, target = found
-            out.files.setdefault(where, target)
-            d = posixpath.dirname(where)
-            if d not in out.lib_dirs:
-                out.lib_dirs.append(d)
-            queue.append(where)
-    return out
+                if strict:
+                    raise BuildError(
+                        f"/{rel} needs {lib}, which none of the unpacked packages provides "
+                        f"(searched {', '.join(dirs[:8])}). Add the package that ships it "
+                        "to image.packages."
+                    )
+                out.missing.append((start, lib))
+                break
+            wanted.append(found)
+        else:
+            for where, target in wanted:
+                out.files.setdefault(where, target)
+                d = posixpath.dirname(where)
+                if where != (info.interp or "").lstrip("/") and d not in out.lib_dirs:
+                    out.lib_dirs.append(d)
+                queue.append(where)
 
 
 def _find(root: Path, lib: str, dirs: list[str]) -> tuple[str, str] | None:
