@@ -490,6 +490,13 @@ def test_stage_patterns_match_real_lines(stage, line):
     assert initscript.stage_regex(stage).search(line)
 
 
+def test_classify_names_the_stage_of_a_line():
+    name, m = initscript.classify("[    0.000000] Linux version 6.1.0-57-amd64 (x)")
+    assert name == "kernel" and m.group(1) == "6.1.0-57-amd64"
+    assert initscript.classify("@linux done rc=3 up=9.5")[1].groups() == ("3", "9.5")
+    assert initscript.classify("[    2.7] nvme nvme0: pci function 0000:00:03.0") is None
+
+
 def test_stage_patterns_do_not_match_other_stages():
     assert not initscript.stage_regex("done").search("@linux run up=1.0")
     assert not initscript.stage_regex("kernel").search("foo Linux version 6")

@@ -202,8 +202,7 @@ def unpack(deb: Path, dest: Path) -> None:
 
 def contents(deb: Path) -> list[str]:
     """The paths a .deb ships (dpkg-deb --fsys-tarfile listing), relative, no './'."""
-    r = subprocess.run([_tool("dpkg-deb", "dpkg"), "-c", str(deb)], capture_output=True,
-                       text=True, check=False)  # fmt: skip
+    r = _run([_tool("dpkg-deb", "dpkg"), "-c", str(deb)])
     if r.returncode != 0:
         raise InfraError(f"dpkg-deb -c {deb.name} failed: {r.stderr.strip()[-800:]}")
     out = []

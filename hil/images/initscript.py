@@ -69,6 +69,17 @@ def stage_regex(name: str) -> re.Pattern[str]:
     raise KeyError(name)
 
 
+_COMPILED = tuple((s.name, re.compile(s.pattern)) for s in STAGES)
+
+
+def classify(line: str) -> tuple[str, re.Match[str]] | None:
+    """The boot stage a console line marks, with its match (groups: see STAGES), or None."""
+    for name, rx in _COMPILED:
+        if m := rx.search(line):
+            return name, m
+    return None
+
+
 def _quote(s: str) -> str:
     return "'" + s.replace("'", "'\\''") + "'"
 

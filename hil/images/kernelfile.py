@@ -105,13 +105,12 @@ def _elf_notes(head: bytes):
     """(name, type, desc) of every note in the ELF's PT_NOTE segments, bounds-checked."""
     cls = head[4]
     if cls == 2:
-        e_phoff, e_phentsize, e_phnum = (
-            struct.unpack_from("<Q", head, 0x20)[0],
-            *struct.unpack_from("<HH", head, 0x36),
-        )  # noqa: E501
+        (e_phoff,) = struct.unpack_from("<Q", head, 0x20)
+        e_phentsize, e_phnum = struct.unpack_from("<HH", head, 0x36)
         ph_fmt = "<IIQQQQQQ"  # type flags offset vaddr paddr filesz memsz align
     elif cls == 1:
-        e_phoff, e_phentsize, e_phnum = _u32(head, 0x1C), *struct.unpack_from("<HH", head, 0x2A)
+        e_phoff = _u32(head, 0x1C)
+        e_phentsize, e_phnum = struct.unpack_from("<HH", head, 0x2A)
         ph_fmt = "<IIIIIIII"  # type offset vaddr paddr filesz memsz flags align
     else:
         return
