@@ -42,6 +42,7 @@ echo "@fio-json-end"
 """
 FIO_SPEC = LinuxSpec(packages=("fio",), modules=("nvme",), init=FIO_INIT)
 SHELL_SPEC = LinuxSpec(modules=("e1000", "xhci_pci"), init="ls -1 /sys/bus/pci/drivers", shell=True)
+NVME_TIMEOUT = r"nvme nvme\d+: I/O \d+ .*timeout"
 BOOT_TIMEOUT = 240  # TCG on 2 shared cores; a boot takes ~6 s alone
 
 
@@ -218,6 +219,13 @@ def test_fio_on_nvme_boots_runs_and_powers_off(fio_image, tmp_path, record_prope
     assert job["read"]["clat_ns"]["percentile"]["99.000000"] > 0
     assert not any(re.search(PANIC, s) for s in text)
     assert times == dict(sorted(times.items(), key=lambda kv: kv[1])), "stages out of order"
+    # Seen once in ~10 runs on a loaded host: QEMU 7.2's NVMe did not complete some
+    # commands until Linux's 30 s timeout aborted them and reset the controller; fio
+    # still succeeds, but its numbers are then not a reference (docs/images.md).
+    timeouts = [s for s in text if re.search(NVME_TIMEOUT, s)]
+    record_property("nvme_timeouts", len(timeouts))
+    if timeouts:
+        print(f"\nwarning: {len(timeouts)} NVMe timeout lines, first: {timeouts[0]}")
     line = ", ".join(f"{k} {v:.2f}" for k, v in times.items())
     print(f"\nTCG boot (host s since launch): {line}; {len(text)} console lines; "
           f"fio QD16 {job['read']['iops']:.0f} IOPS")  # fmt: skip
