@@ -44,9 +44,10 @@ class MachineConfig:
     cpus: int
     acpi: bool
     boot: str  # bios | pvh
-    disk: Path | None  # boot disk (bios)
-    kernel: Path | None  # PVH ELF (pvh)
-    initrd: Path | None  # payload on the PVH path
+    disk: Path | None  # boot disk (bios); None: boot ``kernel`` through the firmware
+    kernel: Path | None  # PVH ELF (pvh), or a kernel of another image kind
+    initrd: Path | None  # payload on the PVH path, or an initramfs
+    append: str | None = None  # a kernel command line (-append), for kernels that take one
     device_args: tuple[str, ...] = ()
     extra_args: tuple[str, ...] = ()
 
@@ -91,11 +92,15 @@ def qemu_argv(cfg: MachineConfig, serial_path: str, qmp_path: str, log_path: Pat
     ]
     if cpu:
         argv += ["-cpu", cpu]
-    if cfg.boot == "bios":
+    if cfg.boot == "bios" and cfg.disk is not None:
         # snapshot=on: the guest's writes go to a throw-away overlay; the cached image
         # is never modified (AHCI/IDE refuse read-only drives).
         drive = qemuopt.props(file=cfg.disk, format="raw", index=0, media="disk", snapshot="on")
         argv += ["-drive", drive + ",if=ide"]
+    elif cfg.boot == "bios":  # SeaBIOS boots the kernel (QEMU's linuxboot option ROM)
+        argv += ["-kernel", str(cfg.kernel)]
+        if cfg.initrd:
+            argv += ["-initrd", str(cfg.initrd)]
     else:
         if not host.QBOOT.exists():
             raise InfraError(
@@ -105,6 +110,8 @@ def qemu_argv(cfg: MachineConfig, serial_path: str, qmp_path: str, log_path: Pat
         argv += ["-bios", str(host.QBOOT), "-kernel", str(cfg.kernel)]
         if cfg.initrd:
             argv += ["-initrd", str(cfg.initrd)]
+    if cfg.append:
+        argv += ["-append", cfg.append]  # one argv element: no option parsing applies
     return argv + list(cfg.device_args) + list(cfg.extra_args)
 
 

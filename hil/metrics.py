@@ -36,12 +36,14 @@ CATALOGUE: dict[str, str] = {
 
 
 def catalogue() -> dict[str, str]:
-    """Every metric name: the run's own, then those each device kind produces."""
+    """Every metric name: the run's own, the host's load, then those each device kind and
+    each image kind produces."""
     from . import hostload
     from .devices import DEVICES
+    from .images.kinds import IMAGES
 
     out = dict(CATALOGUE) | hostload.CATALOGUE
-    for kind in DEVICES.kinds():
+    for kind in (*DEVICES.kinds(), *IMAGES.kinds()):
         out.update(kind.metrics)
     return out
 

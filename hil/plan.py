@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from . import host
 from .devices import DEVICES, Vgpu, kind_of
 from .errors import UserError
-from .image import ImageRecipe
+from .images.kinds import IMAGES
 from .profile import Profile
 from .scenario import PostCheck, Scenario, check_against
 from .yamlsrc import ValidationError
@@ -27,9 +27,14 @@ class Plan:
     profile: Profile
     accel: str
     accel_reason: str
-    recipe: ImageRecipe
+    recipe: object  # what the image kind's build needs (pxOS: an ImageRecipe), or None
     devices: tuple  # planned device specs, in attach order
     checks: tuple[PostCheck, ...] = ()  # post-run checks: the devices' and the scenario's
+    image: object = None  # the image kind's planned spec (kind: scenario.image_kind)
+
+    @property
+    def image_kind(self) -> str:
+        return self.scenario.image_kind
 
     @property
     def name(self) -> str:
@@ -50,7 +55,8 @@ class Plan:
             "profile": self.profile.to_json(),
             "accel": self.accel,
             "accel_reason": self.accel_reason,
-            "image_defines": dict(self.recipe.defines),
+            "image_defines": dict(self.recipe.defines) if self.recipe else {},
+            "image_kind": self.image_kind,
             "devices": [kind_of(d).describe(d) for d in self.devices if d.kind != "vgpu"],
             "gpu": DEVICES["vgpu"].to_json(gpu) if gpu else None,
         }
@@ -73,15 +79,6 @@ def make_plan(scenario: Scenario, profile: Profile | None = None) -> Plan:
             ]
         )
     accel, why = host.choose_accel(profile.accel, profile.boot)
-    defines: list[tuple[str, str]] = []
-    if scenario.image.boot_fault:
-        defines.append(("PXOS_BOOT_FAULT", "1"))
-    if scenario.image.spin_idle:
-        defines.append(("PXOS_SPIN_IDLE", "1"))
-    allowance = 0
-    if scenario.image.boot_delay_ms:
-        defines.append(("PXOS_BOOT_DELAY_MS", str(scenario.image.boot_delay_ms)))
-        allowance += 64  # its loop: test instrumentation, not the shipped kernel
     planned = []
     owners = [(kind_of(d), d) for d in devices] + [(DEVICES[n], s) for n, s in scenario.sections]
     for kind, spec in owners:
@@ -93,16 +90,23 @@ def make_plan(scenario: Scenario, profile: Profile | None = None) -> Plan:
     if len(payloads) > 1:
         raise UserError(f"{scenario.path}: more than one device asks for a boot payload")
     checks = [PostCheck(name, spec, None) for d in planned for name, spec in kind_of(d).checks(d)]
+    kind = IMAGES[scenario.image_kind]
+    if payloads and not kind.payloads:
+        raise UserError(
+            f"{scenario.path}: image: a {scenario.image_kind!r} image cannot carry the virtual "
+            "GPU's program (only pxOS boots it); use the pxos image with a gpu: section."
+        )
+    try:
+        image = kind.plan(scenario.image, profile)
+    except UserError as e:
+        raise UserError(f"{scenario.path}: {e}") from None
     return Plan(
         scenario=scenario,
         profile=profile,
         accel=accel,
         accel_reason=why,
-        recipe=ImageRecipe(
-            defines=tuple(defines),
-            payload=payloads[0] if payloads else None,
-            allowance=allowance,
-        ),
+        recipe=kind.recipe(image, payloads[0] if payloads else None),
         devices=tuple(planned),
         checks=tuple(checks) + scenario.checks,
+        image=image,
     )

@@ -125,7 +125,8 @@ class RunRecord:
     @classmethod
     def from_json(cls, d: dict, run_dir: Path | None = None) -> RunRecord:
         d = dict(d)
-        plan_keys = ("profile", "accel", "accel_reason", "image_defines", "devices", "gpu")
+        plan_keys = ("profile", "accel", "accel_reason", "image_defines", "image_kind")
+        plan_keys += ("devices", "gpu")
         known = {
             "schema", "scenario", "scenario_file", "run_id", "started_at", "description",
             "git", "host", "durations", "metrics", "limits", "steps", "idle_windows", "qemu",

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import checks as chk
-from . import host, hostload, image, metrics, results
+from . import host, hostload, results
 from .console import Console
 from .devices import AfterContext, Finding, attach, kind_of
 from .errors import BuildError, HilError, InfraError
@@ -150,8 +150,10 @@ def run_scenario(
 def _after(plan, rec, outcome, steps_verdict, console, helpers, opts, load: dict) -> None:
     """Metrics, the devices' findings, the post-run checks and the judge.  ``helpers``:
     device index -> its helper, or None when QEMU never started (nothing to collect)."""
+    from .images.kinds import IMAGES
+
     lines = console.lines if console is not None else []
-    m = metrics.boot_metrics(lines, plan.scenario.ready) if console is not None else {}
+    m = IMAGES[plan.image_kind].boot_metrics(lines, plan.scenario.ready) if lines else {}
     if outcome.idle_windows:
         m["cpu_idle"] = min(w.idle for w in outcome.idle_windows)
         m["wakeups_per_s"] = max(w.wakeups_per_s for w in outcome.idle_windows)
@@ -184,7 +186,7 @@ def _after(plan, rec, outcome, steps_verdict, console, helpers, opts, load: dict
             if name.endswith(".disk"):
                 (rec.run_dir / path).unlink(missing_ok=True)
                 del rec.artifacts[name]
-    for name in ("serial.log", "qemu.log", "qemu.stderr", "image-size.txt"):
+    for name in ("serial.log", "qemu.log", "qemu.stderr", "image-size.txt"):  # if present
         if (rec.run_dir / name).exists():
             rec.artifacts[name] = name
     rec.artifacts["run.json"] = "run.json"
@@ -192,43 +194,39 @@ def _after(plan, rec, outcome, steps_verdict, console, helpers, opts, load: dict
 
 
 def _build(plan: Plan, opts: RunOptions, progress: Progress, rec: RunRecord):
-    img = image.build(plan.recipe, cache_root=opts.cache_root, log=progress.build)
-    (rec.run_dir / "image-size.txt").write_text(img.size.format() + "\n")
-    rec.image = {
-        "key": img.key,
-        "version": img.version,
-        "cached": img.cached,
-        "dir": str(img.dir),
-        "size": {
-            "text": img.size.text,
-            "rodata": img.size.rodata,
-            "data": img.size.data,
-            "bss": img.size.bss,
-            "counted": img.size.counted,
-            "budget": img.size.budget,
-        },
-    }
-    state = "cached" if img.cached else "built"
-    progress.built(f"{state} {img.key[:12]}, kernel {img.size.counted}/{img.size.budget} bytes")
-    return img
+    from .images.kinds import IMAGES
+
+    built = IMAGES[plan.image_kind].build(plan.image, plan.recipe, opts.cache_root, progress.build)
+    for name, text in built.files.items():
+        (rec.run_dir / name).write_text(text)
+    rec.image = built.record
+    progress.built(built.summary)
+    return built
 
 
 def _machine_config(plan: Plan, img, run_dir: Path, rec: RunRecord, helpers) -> MachineConfig:
     att = attach(list(plan.devices), run_dir, helpers)
     rec.artifacts.update({k: v.name for k, v in att.files.items()})
     p = plan.profile
+    memory = p.memory_mib
+    if img.memory_mb > memory:  # e.g. a Linux image's initramfs needs room to unpack
+        memory = img.memory_mb
+        rec.qemu["memory_note"] = (
+            f"the profile gives {p.memory_mib} MiB; the image needs {img.memory_mb}: ran with that"
+        )
     return MachineConfig(
         name=plan.scenario.name,
         machine=p.machine,
         accel=plan.accel,
         cpu=p.cpu,
-        memory_mib=p.memory_mib,
+        memory_mib=memory,
         cpus=p.cpus,
         acpi=p.acpi,
         boot=p.boot,
         disk=img.disk,
-        kernel=img.elf,
-        initrd=img.payload,
+        kernel=img.kernel,
+        initrd=img.initrd,
+        append=img.append,
         device_args=tuple(att.args),
         extra_args=p.qemu_args,
     )

@@ -38,7 +38,6 @@ __all__ = [
     "Exit",
     "Expect",
     "Idle",
-    "ImageOptions",
     "Lines",
     "Limit",
     "Pattern",
@@ -64,9 +63,7 @@ BASE_KEYS = (
     "steps",
     "metrics",
 )
-IMAGE_KEYS = ("boot_fault", "spin_idle", "boot_delay_ms")
 DEFAULT_FAIL_ON = ("!EXC", "!PANIC")  # docs/console.md: exception and panic reports
-DEFAULT_READY = "@stage ready"
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 # What the results root holds beside the run directories (docs/results.md).
 RESERVED_NAMES = ("nightly", "README.md") + tuple(
@@ -88,13 +85,6 @@ class Limit:
 
 
 @dataclass(frozen=True)
-class ImageOptions:
-    boot_fault: bool = False
-    spin_idle: bool = False  # idle() busy-waits instead of hlt: cpu_idle's negative control
-    boot_delay_ms: int = 0  # a planted boot delay before `ready` (tests of the nightly)
-
-
-@dataclass(frozen=True)
 class PostCheck:
     """A post-run check the scenario lists under ``checks:``."""
 
@@ -111,7 +101,7 @@ class Scenario:
     profile: Profile
     timeout: float
     ready: Pattern
-    image: ImageOptions
+    image: object  # the image kind's spec (hil/images/kinds/): PxosImage by default
     devices: tuple  # the profile's devices, then the scenario's (device specs)
     fail_on: tuple[Pattern, ...]
     steps: tuple[Step, ...]
@@ -119,6 +109,7 @@ class Scenario:
     sections: tuple = ()  # (device kind, spec) of the sections kinds own: ("vgpu", GpuOptions)
     checks: tuple[PostCheck, ...] = ()
     lines: dict = field(default_factory=dict)  # top-level key -> line, for later errors
+    image_kind: str = "pxos"
 
     @property
     def gpu(self):
@@ -161,7 +152,7 @@ def load_scenario(path: Path, profile_override: str | None = None) -> Scenario:
     if timeout is not None and timeout > 86400:
         f.error("timeout", "must be at most 86400 s (a day).")
         timeout = None
-    ready = parse_pattern(problems, f.raw("ready", DEFAULT_READY), "ready", f.line_of("ready"))
+    ready_node = f.raw("ready")
 
     profile = None
     ref = profile_override or f.get("profile", str, example="profile: q35-tcg-bios")
@@ -178,7 +169,7 @@ def load_scenario(path: Path, profile_override: str | None = None) -> Scenario:
             except ValidationError as e:
                 problems.items.extend(e.problems)
 
-    image = _image(problems, f.raw("image"), f.line_of("image"))
+    image_kind, image = _image(problems, f.raw("image"), f.line_of("image"), path.parent)
     sections = []
     for kind in dev.DEVICES.kinds():
         if kind.section and f.has(kind.section):
@@ -206,6 +197,22 @@ def load_scenario(path: Path, profile_override: str | None = None) -> Scenario:
         if pat:
             fail_on.append(pat)
 
+    ready = None
+    if ready_node is not None:
+        ready = parse_pattern(problems, ready_node, "ready", f.line_of("ready"))
+    elif image is not None:
+        from .images.kinds import IMAGES
+
+        default = IMAGES[image_kind].default_ready
+        if default is None:
+            f.error(
+                "image",
+                f"a {image_kind!r} image prints no line hil knows as the end of boot: add "
+                "'ready:' with the line your kernel prints when it is up (boot_ms is "
+                "measured to it).",
+            )
+        else:
+            ready = Pattern(default, regex=default.startswith("^"))
     steps = _steps(
         problems, f.get("steps", list, example="steps: [{expect: '@stage ready'}]"), path.parent
     )
@@ -229,6 +236,7 @@ def load_scenario(path: Path, profile_override: str | None = None) -> Scenario:
             sections=tuple(sections),
             checks=tuple(post),
             lines=dict(getattr(node, "lines", {})),
+            image_kind=image_kind,
         )
         problems.items += check_against(sc, profile)
     problems.raise_if_any()
@@ -253,18 +261,31 @@ def check_against(sc: Scenario, profile: Profile) -> list[str]:
     return problems.items
 
 
-def _image(problems: Problems, node, line) -> ImageOptions:
+def _image(problems: Problems, node, line, base_dir: Path) -> tuple[str, object | None]:
+    """``image:`` -> (kind, its spec); no ``kind`` key means pxos (hil/images/kinds/)."""
+    from .images.kinds import IMAGES
+
     if node is None:
-        return ImageOptions()
-    f = Fields(problems, node, "image", IMAGE_KEYS, line)
-    boot_fault = f.get("boot_fault", bool, False)
-    spin_idle = f.get("spin_idle", bool, False)
-    delay = f.get("boot_delay_ms", int, 0, example="boot_delay_ms: 50")
-    if delay is not None and (not 0 <= delay <= 5000 or delay % 10):
-        f.error("boot_delay_ms", "must be a multiple of 10 from 0 to 5000 (milliseconds).")
-        delay = 0
+        return "pxos", IMAGES["pxos"].parse(Fields(problems, _empty(line), "image", ()), None)
+    kind_name = node.get("kind", "pxos") if isinstance(node, dict) else "pxos"
+    kind = IMAGES.get(kind_name)
+    if kind is None:
+        problems.add(
+            getattr(node, "lines", {}).get("kind", line), "image.kind", IMAGES.unknown(kind_name)
+        )
+        return "pxos", None
+    f = Fields(problems, node, "image", ("kind", *kind.keys), line)
+    if not f.ok:
+        return kind_name, None
+    spec = kind.parse(f, dev.ParseContext(problems, base_dir))
     f.done()
-    return ImageOptions(bool(boot_fault), bool(spin_idle), delay or 0)
+    return kind_name, spec if f.ok else None
+
+
+def _empty(line) -> LDict:
+    d = LDict()
+    d.line, d.lines = line, {}
+    return d
 
 
 def _checks(problems: Problems, node, line, base_dir: Path) -> list[PostCheck]:

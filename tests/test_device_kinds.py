@@ -100,3 +100,50 @@ def test_passthrough_plan_reads_the_host_identity(tmp_path):
     (spec,) = plan.devices
     vendor = int((fns[0] / "vendor").read_text(), 16)
     assert spec.ids[0].vendor == vendor and spec.host == bdf and spec.rom is False
+
+
+def _image_scenario(tmp_path, image: str, extra: str = ""):
+    from hil.cli import main
+
+    p = tmp_path / "img.yaml"
+    p.write_text(f"profile: q35-tcg-pvh\nimage: {image}\n{extra}steps:\n  - expect: 'x'\n")
+    return p, main(["validate", str(p)])
+
+
+def test_a_users_kernel_needs_a_ready_line(tmp_path, capsys):
+    k = tmp_path / "bzImage"
+    k.write_bytes(b"\0" * 0x202 + b"HdrS" + b"\0" * 600)
+    p, code = _image_scenario(tmp_path, f"{{kind: kernel, kernel: {k}}}")
+    err = capsys.readouterr().err
+    assert code == 2 and "prints no line hil knows as the end of boot" in err
+
+
+def test_a_file_that_is_no_kernel_is_invalid_input(tmp_path, capsys):
+    k = tmp_path / "notes.txt"
+    k.write_text("hello\n" * 200)
+    p, code = _image_scenario(tmp_path, f"{{kind: kernel, kernel: {k}}}", "ready: up\n")
+    err = capsys.readouterr().err
+    assert code == 2 and str(k) in err and "Traceback" not in err
+
+
+def test_unknown_image_kind_and_key(tmp_path, capsys):
+    p, code = _image_scenario(tmp_path, "{kind: windows}")
+    assert code == 2 and "unknown image kind 'windows'" in capsys.readouterr().err
+    p, code = _image_scenario(tmp_path, "{kind: linux, pakages: [fio]}")
+    err = capsys.readouterr().err
+    assert code == 2 and "pakages" in err and "did you mean 'packages'" in err
+
+
+def test_the_vgpu_program_needs_the_pxos_image(tmp_path, capsys):
+    from pathlib import Path
+
+    prog = Path(__file__).resolve().parent.parent / "pxi" / "programs" / "hello.pxs"
+    p = tmp_path / "g.yaml"
+    p.write_text(
+        f"profile: q35-tcg-vgpu\nimage: {{kind: linux}}\ngpu: {{program: {prog}}}\n"
+        "steps:\n  - expect: x\n"
+    )
+    from hil.cli import main
+
+    assert main(["validate", str(p)]) == 2
+    assert "cannot carry the virtual GPU's program" in capsys.readouterr().err

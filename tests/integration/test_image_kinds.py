@@ -1,0 +1,58 @@
+"""Image kinds under the same scenarios, steps and metrics (issue 13): the shipped Linux
+scenario, and a user's own kernel (the Linux image's bzImage and initramfs, given as
+files of kind `kernel`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def linux_run(tmp_path_factory, image_cache):
+    from .conftest import Hil
+
+    hil = Hil(tmp_path_factory.mktemp("linux"), image_cache)
+    r = hil("run", "scenarios/linux-boot.yaml", timeout=400)
+    assert r.code == 0, r.out + r.err
+    return r.run
+
+
+def test_linux_boot_scenario(linux_run):
+    run = linux_run
+    assert run["image"]["kind"] == "linux" and run["image_kind"] == "linux"
+    assert run["image"]["kernel_version"].endswith("-amd64")
+    m = run["metrics"]
+    stages = ["kernel", "initramfs", "init", "modules", "run", "done", "poweroff"]
+    times = [m[f"linux_ms.{s}"] for s in stages]
+    assert times == sorted(times) and m["boot_ms"] == m["linux_ms.init"]
+    assert "needs" in run["qemu"]["memory_note"]  # the 128 MiB profile was raised
+
+
+def test_a_users_kernel_with_the_same_steps(linux_run, hil):
+    img = Path(linux_run["image"]["dir"])
+    kernel, initrd = img / "vmlinuz", img / "initrd.img"
+    before = kernel.stat().st_mtime_ns, initrd.stat().st_mtime_ns
+    sc = hil.scenario(
+        f"""\
+profile: q35-tcg-bios      # Linux powers off through ACPI (the PVH profiles turn it off)
+timeout: 240
+image: {{kind: kernel, kernel: {kernel}, initrd: {initrd}, append: 'console=ttyS0 panic=-1'}}
+ready: 'Run /init as init process'
+fail_on: ['Kernel panic - not syncing']
+steps:
+  - expect: 'Run /init as init process'
+    timeout: 180
+  - expect: '@linux done rc=0'
+    timeout: 60
+  - exit: 0
+"""
+    )
+    r = hil("run", str(sc), timeout=400)
+    assert r.code == 0, r.out + r.err
+    run = r.run
+    assert run["image"]["kind"] == "kernel" and run["image"]["format"] == "bzimage"
+    assert run["metrics"]["boot_ms"] > 0
+    assert "-append" in run["qemu"]["argv"] and str(kernel) in run["qemu"]["argv"]
+    assert (kernel.stat().st_mtime_ns, initrd.stat().st_mtime_ns) == before  # never modified
