@@ -347,3 +347,48 @@ main:
     assert records[4]["ranges"] == [(16, (0xD0A0D0A0).to_bytes(4, "little"))]
     for backend in ("numpy", "wgpu"):
         assert replay(records, backend).divergence is None
+
+
+def _hello_trace(tmp_path) -> Path:
+    from pxi.asm import assemble_file
+
+    bridge, vram, server = make_bridge(tmp_path)
+    guest = Guest(vram)
+    guest.load(assemble_file(REPO / "pxi" / "programs" / "hello.pxs"), memory=4096)
+    out: list[int] = []
+    for _ in range(200):
+        bridge.serve()
+        if bridge.done:
+            break
+        guest.serve(com1(out))
+    bridge.close(tmp_path, "stopped")
+    server.close()
+    return tmp_path / "trace.jsonl"
+
+
+@pytest.mark.parametrize("cut", ["records", "mid-line"])
+def test_truncated_trace_is_incomplete_never_a_pass(tmp_path, cut):
+    """Issue 9: 20 of 94 records replayed as SAME, exit 0.  Without its end record a
+    trace is incomplete: a divergence for the replay, exit 1 for `hil compare`."""
+    import subprocess
+    import sys
+
+    path = _hello_trace(tmp_path)
+    full = path.read_text()
+    assert replay(read(path), "numpy").divergence is None  # the complete trace passes
+    lines = full.splitlines(keepends=True)
+    assert len(lines) > 10
+    cut_text = "".join(lines[:8]) if cut == "records" else "".join(lines[:8]) + lines[8][:17]
+    path.write_text(cut_text)
+    records = read(path)
+    assert len(records) == 8
+    res = replay(records, "numpy")
+    assert res.divergence and res.divergence.where == "end of trace"
+    assert "incomplete" in res.divergence.message
+    c = subprocess.run(
+        [sys.executable, "-m", "hil.cli", "compare", str(path), "--backend", "numpy"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert c.returncode == 1 and "SAME" not in c.stdout and "incomplete" in c.stdout, c
