@@ -392,3 +392,16 @@ def test_truncated_trace_is_incomplete_never_a_pass(tmp_path, cut):
         cwd=REPO,
     )
     assert c.returncode == 1 and "SAME" not in c.stdout and "incomplete" in c.stdout, c
+
+
+def test_pixel_layout_include_is_current():
+    path = REPO / "pxi" / "programs" / "lib" / "vgpu_layout.pxs"
+    assert path.read_text() == L.pxs_constants(), (
+        "pxi/programs/lib/vgpu_layout.pxs is stale: regenerate it with "
+        "python -c 'from hil.vgpu import layout as L; print(L.pxs_constants(), end=\"\")'"
+    )
+
+
+def test_boot_info_fits_the_smallest_heap():
+    assert L.BOOT_INFO_SIZE <= L.Regions(L.MIN_VRAM).heap_size
+    assert L.FUNC.field("bar").at(5) + 8 <= L.FUNC.field("size").offset
