@@ -132,7 +132,9 @@ def _strip_comment(line: str) -> str:
 class Assembler:
     def __init__(self) -> None:
         self.stmts: list[_Stmt] = []
-        self.names: dict[str, tuple] = {}  # ("label", pc) | ("const", expr, where) | ("define", int)
+        self.names: dict[
+            str, tuple
+        ] = {}  # ("label", pc) | ("const", expr, where) | ("define", int)
         self.meta = Meta()
         self.width = DEFAULT_WIDTH
         self._including: list[Path] = []
@@ -177,7 +179,11 @@ class Assembler:
             args = _split_args(rest.strip())
             if op in (".const", ".default"):
                 if len(args) != 1 or " " not in args[0].strip():
-                    raise AsmError(where, f"usage: {op} NAME expr" + (" (or NAME = expr)." if op == ".const" else "."))
+                    raise AsmError(
+                        where,
+                        f"usage: {op} NAME expr"
+                        + (" (or NAME = expr)." if op == ".const" else "."),
+                    )
                 name, expr = args[0].strip().split(None, 1)
                 if op == ".default" and self.names.get(name, ("",))[0] == "define":
                     continue  # the caller's value wins
@@ -670,7 +676,6 @@ class Assembler:
                     s.where,
                     f"{opc.mnemonic} 64: the value is the pair r{val}, r{val + 1}; use r0..r14.",
                 )
-
 
     def predefine(self, defines: dict[str, int]) -> None:
         """Constants the caller gives before any source is read (docs/pxi.md)."""

@@ -19,10 +19,14 @@ from dataclasses import dataclass
 
 from pxi.machine import RequestKind
 
-VERSION = 2  # 2: boot info in the heap, device interrupts as events, no heap_phys/dma_* in the header
+VERSION = (
+    2  # 2: boot info in the heap, device interrupts as events, no heap_phys/dma_* in the header
+)
 MAGIC = 0x47565850  # b"PXVG" read as a little-endian u32
 PAYLOAD_MAGIC = 0x50495850  # b"PXIP": the program payload in the boot image
-PAYLOAD_VERSION = 2  # 2: boot info in the heap, device interrupts as events, no heap_phys/dma_* in the header
+PAYLOAD_VERSION = (
+    2  # 2: boot info in the heap, device interrupts as events, no heap_phys/dma_* in the header
+)
 
 HEADER_SIZE = 0x1000
 RING_ENTRIES = 64  # per ring; a power of two, so indices wrap with a mask
@@ -250,7 +254,9 @@ FUNC = _check(
                 "IDT vector of its MSI-X entry 0 (DEV_VECTOR + index), 0 if none is routed",
             ),
             Field("bar", 0x10, "u64", G, "BARs 0-5: bus address (0: none or unplaced)", 6),
-            Field("size", 0x40, "u32", G, "BARs 0-5: size in bytes (a 64-bit BAR: in the low one)", 6),
+            Field(
+                "size", 0x40, "u32", G, "BARs 0-5: size in bytes (a 64-bit BAR: in the low one)", 6
+            ),
         ),
     )
 )
@@ -446,4 +452,3 @@ def pxs_constants() -> str:
         out += [f"vg_{st.name}.{f.name} = 0x{f.offset:x}" for f in st.fields]
     out += [f"VG_SRC_{k} = {v}" for k, v in SOURCES.items()]
     return "\n".join(out) + "\n"
-
