@@ -4,8 +4,9 @@ Syntax (docs/pxi.md, "Assembly language"):
 
     ; comment            (also // comment)
     NAME = expr          constant (also `.const NAME expr`)
-    .default NAME expr   constant unless the caller predefined NAME (assemble_file's
-                         `defines`: scenario parameters such as LBA ranges or a seed)
+    .default NAME expr   constant unless NAME is already defined: predefined by the
+                         caller (assemble_file's `defines`: scenario parameters such as
+                         LBA ranges or a seed) or a constant of an including file
     label:               a pc; may share a line with a statement
     mnemonic a, b, c     an instruction from the opcode table
     .directive args
@@ -185,8 +186,8 @@ class Assembler:
                         + (" (or NAME = expr)." if op == ".const" else "."),
                     )
                 name, expr = args[0].strip().split(None, 1)
-                if op == ".default" and self.names.get(name, ("",))[0] == "define":
-                    continue  # the caller's value wins
+                if op == ".default" and self.names.get(name, ("",))[0] in ("define", "const"):
+                    continue  # the caller's value (or an including file's) wins
                 self._define(name, ("const", expr, where), where)
                 continue
             if op == ".include":

@@ -56,3 +56,12 @@ def test_load_program_passes_defines(tmp_path):
     assert ext(load_program(src, {"LBAS": 21}), 3) == 42
     with pytest.raises(UserError, match=r"p.pxs.*LBAS"):
         load_program(src)
+
+
+def test_an_including_file_may_set_a_default(tmp_path):
+    (tmp_path / "lib.pxs").write_text(SRC)
+    (tmp_path / "wrap.pxs").write_text('SEED = 99\nLBAS = 1\n.include "lib.pxs"\n')
+    from pxi.asm import assemble_file
+
+    p = assemble_file(tmp_path / "wrap.pxs")
+    assert ext(p, 1) == 99 and ext(p, 3) == 2
