@@ -257,7 +257,8 @@ class Bridge:
         self._sync_in()
         t = time.monotonic()
         res = self.ex.run(self.budget)
-        self.stats["dispatch_s"].append(time.monotonic() - t)
+        dt = time.monotonic() - t
+        self.stats["dispatch_s"].append(dt)
         self.stats["dispatches"] += 1
         self.stats["steps"] += res.steps
         mem = self.ex.read_memory(0, self.spec.memory)
@@ -284,6 +285,8 @@ class Bridge:
                 self.seq += 1
         self.trace.write(
             "run",
+            at=round(t - self.t0, 6),  # when the dispatch started (s since bridge start)
+            dt=round(dt, 6),  # how long it ran
             n=self.stats["dispatches"],
             budget=self.budget,
             steps=res.steps,

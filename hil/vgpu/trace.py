@@ -10,7 +10,8 @@ bytes already decoded.  docs/vgpu.md ("Trace") is the format's documentation.
     memory   the data memory as the executor got it before the first run (z)
     writes   bytes someone other than the executor changed in the heap since the
              last run (the guest CPU, device DMA): [[offset, z], ...]
-    run      one executor run: n, budget, steps, requests [[seq, thread, pc, kind,
+    run      one executor run: at (start, s since the bridge started) and dt (its
+             duration) for benchmarks, not replayed; n, budget, steps, requests [[seq, thread, pc, kind,
              width, addr, value], ...], faults [[thread, pc, code, d0, d1], ...]
     respond  responses given to the executor: [[seq, thread, value, deny], ...]
              (seq -1: a WAIT_EVENT answered from the event queue)
