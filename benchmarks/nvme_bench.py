@@ -117,7 +117,7 @@ def run_one(tmp: Path, label: str, profile: Path, irq: int, qd: int, rounds: int
     prog = tmp / f"{name}.pxs"
     prog.write_text(
         f"BENCH = {rounds}\nWORKERS = {workers}\nQDW = {qdw}\nIRQ_MODE = {irq}\n"
-        f"RANGE_LBAS = 8\n"
+        f"RANGE_LBAS = {8 * qdw}\n"  # one round of 4 KiB chunks (unused by BENCH)
         f'.include "{REPO / "pxi" / "programs" / "nvme" / "blocktest.pxs"}"\n'
     )
     sc = tmp / f"{name}.yaml"

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from hil import blockpattern as bp
+from hil import host
 from hil.vgpu import trace
 
 from .conftest import REPO, Hil, assert_no_leftovers
@@ -192,3 +193,13 @@ def test_planted_driver_bug_is_caught_by_qemus_error_trace(hil):
     lines = nvme_trace(r.run_dirs[0])
     bad = [ln for ln in lines if ln not in EXPECTED_TRACE]  # ...QEMU's model does
     assert bad and all(ln.startswith("pci_nvme_ub_db_wr_invalid_sq") for ln in bad), lines
+
+
+@pytest.mark.skipif(not host.kvm().usable, reason="KVM is not usable here")
+def test_kvm_with_completions_by_polling(hil):
+    """The same block test under KVM (IRQ_MODE 0: tests/nvme/nvme-blocktest-kvm.yaml):
+    passes, with the reference replay, and the same tracer lines as under TCG."""
+    r = hil("run", str(REPO / "tests" / "nvme" / "nvme-blocktest-kvm.yaml"), timeout=500)
+    assert r.code == 0, r.out + r.err
+    assert "blocktest done errors 00000000" in serial(r)
+    assert nvme_trace(r.run_dirs[0]) == EXPECTED_TRACE
