@@ -203,3 +203,33 @@ def test_kvm_with_completions_by_polling(hil):
     assert r.code == 0, r.out + r.err
     assert "blocktest done errors 00000000" in serial(r)
     assert nvme_trace(r.run_dirs[0]) == EXPECTED_TRACE
+
+
+def test_4k_lbas(hil):
+    """4 KiB LBAs (QEMU logical_block_size=4096): one LBA per command, same pattern, the
+    host's checksums and disk check for that LBA size."""
+    sc = hil.scenario(f"""\
+profile: {REPO / "tests" / "nvme" / "q35-tcg-vgpu-nvme4k.yaml"}
+timeout: 240
+devices:
+  - nvme: {{size: 16M, fill: zero, serial: PXNVME0}}
+gpu: {{program: {REPO / "tests" / "programs" / "nvme_4k.pxs"}}}
+steps:
+  - expect: 'nvme ns1 blocks 00001000 lba size 00001000'
+    timeout: 60
+  - expect: 'blocktest done errors 00000000'
+    timeout: 200
+  - send: shutdown
+  - exit: shutdown
+""")
+    r = hil("run", str(sc), "--keep-disks", timeout=400)
+    assert r.code == 0, r.out + r.err
+    s = serial(r)
+    for w in range(WORKERS):
+        want = bp.checksum(bp.pattern(SEED, w * 16, 4096, 16))
+        assert f"range {w:08x} lba {w * 16:08x} n 00000010 sum {want:08x} errors 00000000" in s
+    disk = r.run_dirs[0] / r.run["artifacts"]["nvme0.disk"]
+    assert bp.first_mismatch(disk, 4096, SEED, [(0, 8 * 16), (8 * 16, XFER // 4096)]) is None
+    assert [ln.split()[0] for ln in nvme_trace(r.run_dirs[0])] == [
+        ln.split()[0] for ln in EXPECTED_TRACE
+    ]
