@@ -22,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hil import host  # noqa: E402
+from hil.plan import make_plan  # noqa: E402
 from hil.progress import Progress  # noqa: E402
 from hil.runner import RunOptions, run_scenario  # noqa: E402
 from hil.scenario import load_scenario  # noqa: E402
@@ -51,7 +52,7 @@ def bench(profile: str, runs: int, idle: float, workdir: Path) -> dict:
     quiet = Progress("quiet", out=open("/dev/null", "w"))  # noqa: SIM115
     boot, first, idles, accel = [], [], [], ""
     for _ in range(runs):
-        rec = run_scenario(sc, opts, quiet)
+        rec = run_scenario(make_plan(sc), opts, quiet)
         if rec.verdict.outcome != "pass":
             return {"profile": profile, "error": rec.verdict.reason}
         m = rec.data["metrics"]

@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from hil import host  # noqa: E402
+from hil.plan import make_plan  # noqa: E402
 from hil.progress import Progress  # noqa: E402
 from hil.runner import RunOptions, run_scenario  # noqa: E402
 from hil.scenario import load_scenario  # noqa: E402
@@ -51,7 +52,7 @@ steps:
 def run(path: Path, profile: str, workdir: Path) -> dict:
     sc = load_scenario(path, profile)
     quiet = Progress("quiet", out=open(os.devnull, "w"))  # noqa: SIM115
-    rec = run_scenario(sc, RunOptions(results_root=workdir / "results"), quiet)
+    rec = run_scenario(make_plan(sc), RunOptions(results_root=workdir / "results"), quiet)
     if rec.verdict.outcome != "pass":
         raise RuntimeError(f"{sc.name} on {profile}: {rec.verdict.reason}")
     return rec.data

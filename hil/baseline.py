@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 from .history import History, RunRow
 from .stats import Stats
-from .verdict import ERROR, FAIL, INTERRUPTED, PASS, TIMEOUT, worst
+from .verdict import ERROR, FAIL, INTERRUPTED, PASS, TIMEOUT, is_flaky, worst
 
 NEW_FAILURE, STILL_FAILING, FIXED, PASSING, INFRA, INTERRUPTED_ = (
     "new-failure",
@@ -252,8 +252,7 @@ def compare_batch(history: History, batch_id: str) -> list[KeyComparison]:
             scenario, profile, batch_id, passed=True, kind=kind
         )
         passing = [r.metrics for r in runs if r.outcome == PASS]
-        outcomes = {r.outcome for r in runs if r.outcome != INTERRUPTED}
-        flaky = any(r.flaky for r in runs) or (PASS in outcomes and len(outcomes) > 1)
+        flaky = is_flaky([(r.outcome, bool(r.flaky)) for r in runs])
         cmp = KeyComparison(
             scenario,
             profile,

@@ -3,9 +3,11 @@
 Each run happens in a process of its own, forked from this one (a fresh process per run,
 never a thread): its console reader stamps boot times without competing for a GIL, QEMU's
 parent-death signal belongs to that process, and nothing a run leaves in memory reaches
-the next one.  The run itself is ``hil.runner.run_scenario``, unchanged; isolation between
-runs comes from what it already does per run (its own results directory, pty, QMP socket
-directory, disk copies and pcaps).
+the next one.  A job carries the Plan made before the batch started; the run itself is
+``hil.runner.run_scenario``, unchanged; isolation between runs comes from what it already
+does per run (its own results directory, pty, QMP socket directory, disk copies and
+pcaps).  The job's place in the batch travels into the run, so run.json is written by
+the run alone.
 
 Retries: a run that ends in an infrastructure error (outcome ``error``) is run again, up
 to ``retries`` more times; a test failure or a timeout is never retried.  A run that
@@ -18,7 +20,6 @@ returns the results grouped by (scenario, profile) with medians and spread of th
 
 from __future__ import annotations
 
-import ctypes
 import datetime as dt
 import multiprocessing
 import os
@@ -33,26 +34,28 @@ from pathlib import Path
 
 from . import results
 from .history import History
+from .plan import Plan
+from .process import die_with_parent
 from .progress import Progress
+from .record import BatchInfo
 from .runner import RunOptions, run_scenario
-from .scenario import Scenario
 from .stats import Stats
-from .verdict import ERROR, INTERRUPTED, PASS, worst
+from .verdict import ERROR, INTERRUPTED, PASS, is_flaky, worst
 
 _FORK = multiprocessing.get_context("fork")
-_PR_SET_PDEATHSIG = 1
+MAX_JOBS = 100_000  # runs in one batch (scenarios x profiles x repeats)
 
 
 @dataclass(frozen=True)
 class Job:
-    scenario: Scenario
+    plan: Plan
     repeat_index: int = 0  # 0-based
     attempt: int = 1  # 1 = first try
     retry_of: str | None = None  # run id of the attempt this one retries
 
     @property
     def key(self) -> tuple[str, str]:
-        return (self.scenario.name, self.scenario.profile.name)
+        return self.plan.key
 
 
 @dataclass
@@ -94,10 +97,7 @@ class Group:
 
     @property
     def flaky(self) -> bool:
-        """Passed only on a retry, or repeats that disagree (some pass, some not)."""
-        fin = self.final
-        outcomes = {r.outcome for r in fin if r.outcome != INTERRUPTED}
-        return any(r.flaky for r in fin) or (PASS in outcomes and len(outcomes) > 1)
+        return is_flaky([(r.outcome, r.flaky) for r in self.final])
 
     @property
     def retries(self) -> int:
@@ -166,26 +166,24 @@ class Batch:
 
     def __init__(
         self,
-        scenarios: list[Scenario],
+        plans: list[Plan],
         run_opts: RunOptions,
         opts: BatchOptions,
         progress_mode: str = "plain",
         on_result: Callable[[RunResult], None] = lambda r: None,
     ):
-        self.scenarios = scenarios
+        self.plans = plans
         self.run_opts = run_opts
         self.opts = opts
         self.mode = progress_mode if opts.jobs == 1 else _no_live(progress_mode)
         self.on_result = on_result
         self.batch_id = new_batch_id(opts.kind)
         self.groups: dict[tuple[str, str], Group] = {}
-        for sc in scenarios:
-            self.groups.setdefault(
-                (sc.name, sc.profile.name), Group(sc.name, sc.profile.name, str(sc.path))
-            )
-        self._pending: deque[Job] = deque(
-            Job(sc, r) for r in range(max(1, opts.repeat)) for sc in scenarios
-        )
+        for p in plans:
+            self.groups.setdefault(p.key, Group(*p.key, str(p.scenario.path)))
+        # Jobs are made as they start, so a huge --repeat costs nothing up front.
+        self._next = ((p, r) for r in range(max(1, opts.repeat)) for p in plans)
+        self._pending: deque[Job] = deque()
         self._running: dict[Connection, tuple[multiprocessing.Process, Job]] = {}
         self._history: History | None = None
 
@@ -205,16 +203,17 @@ class Batch:
                 jobs=self.opts.jobs,
                 repeat=self.opts.repeat,
             )
-        _prewarm(self.scenarios)
+        _prewarm(self.plans)
         try:
             try:
-                while self._pending or self._running:
-                    while self._pending and len(self._running) < max(1, self.opts.jobs):
-                        self._start(self._pending.popleft())
+                self._fill()
+                while self._running:
                     self._collect(wait(list(self._running)))
+                    self._fill()
             except KeyboardInterrupt:
                 interrupted = True
                 self._pending.clear()
+                self._next = iter(())
                 self._stop_children()
             finished = _now()
             if self._history is not None:
@@ -229,10 +228,21 @@ class Batch:
         )
 
     # -- children -------------------------------------------------------------
+    def _fill(self) -> None:
+        """Start runs until ``jobs`` run at once: retries first, then the next jobs."""
+        while len(self._running) < max(1, self.opts.jobs):
+            if self._pending:
+                self._start(self._pending.popleft())
+            elif (nxt := next(self._next, None)) is not None:
+                self._start(Job(*nxt))
+            else:
+                return
+
     def _start(self, job: Job) -> None:
-        label = job.scenario.name
-        if len({k[1] for k in self.groups if k[0] == job.scenario.name}) > 1:
-            label += f"@{job.scenario.profile.name}"
+        name, profile = job.key
+        label = name
+        if len({k[1] for k in self.groups if k[0] == name}) > 1:
+            label += f"@{profile}"
         if self.opts.repeat > 1:
             label += f" #{job.repeat_index + 1}"
         if job.attempt > 1:
@@ -240,9 +250,17 @@ class Batch:
         recv, send = _FORK.Pipe(duplex=False)
         sys.stdout.flush()
         sys.stderr.flush()
+        info = BatchInfo(
+            self.batch_id,
+            self.opts.kind,
+            job.repeat_index,
+            self.opts.repeat,
+            job.attempt,
+            job.retry_of,
+        )
         proc = _FORK.Process(
             target=_child,
-            args=(job, self.run_opts, self.mode, label, send, os.getpid()),
+            args=(job, info, self.run_opts, self.mode, label, send, os.getpid()),
             name=f"hil-run-{label}",
             daemon=False,
         )
@@ -264,40 +282,26 @@ class Batch:
                 data = _lost_run(job, proc.exitcode)
             if data["verdict"]["outcome"] == ERROR and job.attempt <= self.opts.retries:
                 # Infrastructure errors may be retried; test failures never are.
-                self._pending.appendleft(
-                    Job(job.scenario, job.repeat_index, job.attempt + 1, run_id)
-                )
+                self._pending.appendleft(Job(job.plan, job.repeat_index, job.attempt + 1, run_id))
             done.append((job, run_id, Path(run_dir) if run_dir else None, data))
         # Keep the machine busy: the next runs start before the book-keeping of these
         # (after an interruption nothing is pending).
-        while self._pending and len(self._running) < max(1, self.opts.jobs):
-            self._start(self._pending.popleft())
+        self._fill()
         for args in done:
             self._finish(*args)
 
     def _finish(self, job: Job, run_id, run_dir: Path | None, data: dict) -> None:
         outcome = data["verdict"]["outcome"]
-        flaky = outcome == PASS and job.attempt > 1
-        info = {
-            "id": self.batch_id,
-            "kind": self.opts.kind,
-            "repeat_index": job.repeat_index,
-            "repeat": self.opts.repeat,
-            "attempt": job.attempt,
-            "retry_of": job.retry_of,
-            "flaky": flaky,
-        }
-        if run_dir is not None and (run_dir / "run.json").exists():
-            data = results.annotate(run_dir, "batch", info)
-            if self._history is not None:
-                self._history.record(
-                    data,
-                    run_dir,
-                    batch_id=self.batch_id,
-                    repeat_index=job.repeat_index,
-                    attempt=job.attempt,
-                    flaky=flaky,
-                )
+        flaky = bool((data.get("batch") or {}).get("flaky"))
+        if run_dir is not None and self._history is not None:
+            self._history.record(
+                data,
+                run_dir,
+                batch_id=self.batch_id,
+                repeat_index=job.repeat_index,
+                attempt=job.attempt,
+                flaky=flaky,
+            )
         res = RunResult(job, run_id, run_dir, outcome, data, flaky)
         self.groups[job.key].runs.append(res)
         self.on_result(res)
@@ -323,7 +327,7 @@ class Batch:
             self._collect(ready)
 
 
-def _prewarm(scenarios: list[Scenario]) -> None:
+def _prewarm(plans: list[Plan]) -> None:
     """Do once, here, what every run would otherwise do again in its fresh process:
     probe the host and git (cached per process; a fork inherits the cache) and import
     what runs import lazily.  Saves tens of ms per run (benchmarks/suite_bench.py)."""
@@ -334,31 +338,29 @@ def _prewarm(scenarios: list[Scenario]) -> None:
     for tool in (*host.TOOLS, "setpriv"):
         host.which(tool)
     results.git_info()
-    if any(getattr(d, "fill", None) == "lba" for sc in scenarios for d in sc.devices):
+    if any(getattr(d, "fill", None) == "lba" for p in plans for d in p.devices):
         try:
             import numpy  # noqa: F401  (NVMe disks filled with LBA numbers)
         except ImportError:
             pass
 
 
-def _child(job: Job, run_opts: RunOptions, mode: str, label: str, conn, parent: int) -> None:
+def _child(
+    job: Job, info: BatchInfo, run_opts: RunOptions, mode: str, label: str, conn, parent: int
+) -> None:
     """The body of a run's process: one run_scenario, its result back through the pipe."""
     # Die with the parent: SIGTERM becomes KeyboardInterrupt (hil.cli), so QEMU is
     # stopped and the results are written even when the parent was SIGKILLed.
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() != parent:  # the parent died before prctl
+    if not die_with_parent(signal.SIGTERM, parent):
         os._exit(130)
     # The first Ctrl-C/SIGTERM/SIGHUP interrupts the run; later ones (a Ctrl-C reaches
     # both us and the parent, which passes it on) must not disturb the clean-up.
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _raise_interrupt_once)
     progress = BatchProgress(mode, label)
-    rec = run_scenario(job.scenario, run_opts, progress)
+    rec = run_scenario(job.plan, run_opts, progress, info)
     try:
-        conn.send((rec.run_id, str(rec.run_dir), rec.data))
+        conn.send((rec.run_id, str(rec.run_dir), rec.to_json()))
     except (BrokenPipeError, OSError):
         pass
     conn.close()
@@ -385,8 +387,8 @@ def _lost_run(job: Job, exitcode: int | None) -> dict:
         else (f"exited with status {exitcode}")
     )
     return {
-        "scenario": job.scenario.name,
-        "profile": {"name": job.scenario.profile.name},
+        "scenario": job.key[0],
+        "profile": {"name": job.key[1]},
         "started_at": _now(),
         "verdict": {
             "outcome": ERROR,

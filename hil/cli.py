@@ -9,10 +9,9 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .errors import EXIT_INVALID, EXIT_PASS, HilError
+from .errors import EXIT_INFRA, EXIT_INVALID, EXIT_PASS, HilError
+from .paths import RESULTS, SCENARIOS, TESTS, rel
 from .yamlsrc import ValidationError
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def _scenario_files(args: list[str]) -> list[Path]:
@@ -31,38 +30,40 @@ def _scenario_files(args: list[str]) -> list[Path]:
 
 
 def _load_all(paths: list[str], profile: str | list[str] | None):
-    """Scenario files x profiles (a list: the matrix; None: each scenario's own)."""
+    """Scenario files x profiles (a list: the matrix; None: each scenario's own) -> plans,
+    made here once; the runs carry them as they are."""
     from .errors import UserError
     from .plan import make_plan
     from .scenario import load_scenario
 
     profiles = profile if isinstance(profile, list) else [profile]
-    scenarios, problems = [], []
-    files = list(dict.fromkeys(p.resolve() for p in _scenario_files(paths)))
+    plans, problems = [], []
+    # realpath, not Path.resolve(): a symlink loop must reach the loader's clear message.
+    files = list(dict.fromkeys(Path(os.path.realpath(p)) for p in _scenario_files(paths)))
     for path in files:
         for prof in list(dict.fromkeys(profiles)) or [None]:
             try:
-                sc = load_scenario(path, prof)
-                make_plan(sc)  # e.g. assembles the GPU program: its mistakes are input errors too
-                scenarios.append(sc)
+                # e.g. assembles the GPU program: its mistakes are input errors too
+                plans.append(make_plan(load_scenario(path, prof)))
             except ValidationError as e:
                 problems += [p for p in e.problems if p not in problems]
             except UserError as e:
-                if f"{path}: {e}" not in problems:
-                    problems.append(f"{path}: {e}")
+                msg = str(e) if str(e).startswith(str(path)) else f"{path}: {e}"
+                if msg not in problems:
+                    problems.append(msg)
     seen: dict[tuple[str, str], Path] = {}
-    for sc in scenarios:
-        key = (sc.name, sc.profile.name)
-        if key in seen and seen[key] != sc.path:
+    for p in plans:
+        path = p.scenario.path
+        if p.key in seen and seen[p.key] != path:
             problems.append(
-                f"{sc.path}: the scenario name {sc.name!r} is also the name of {seen[key]}. "
+                f"{path}: the scenario name {p.name!r} is also the name of {seen[p.key]}. "
                 "Runs are filed (results/<name>/, the history) and compared by name and "
                 "profile, so give one of them another `name:`."
             )
-        seen.setdefault(key, sc.path)
+        seen.setdefault(p.key, path)
     if problems:
         raise ValidationError(problems)
-    return scenarios
+    return plans
 
 
 def cmd_run(ns: argparse.Namespace) -> int:
@@ -71,8 +72,8 @@ def cmd_run(ns: argparse.Namespace) -> int:
     from .runner import RunOptions
     from .verdict import EXIT_CODES
 
-    scenarios = _load_all(ns.scenarios, ns.profile)
-    opts = RunOptions(results_root=Path(ns.results).resolve(), keep_disks=ns.keep_disks)
+    plans = _load_all(ns.scenarios, ns.profile)
+    opts = RunOptions(results_root=_results_root(ns.results), keep_disks=ns.keep_disks)
     mode = Progress.auto(quiet=ns.quiet).mode
     bopts = BatchOptions(
         jobs=ns.jobs,
@@ -81,7 +82,7 @@ def cmd_run(ns: argparse.Namespace) -> int:
         record_history=not ns.no_history,
         argv=["hil", *sys.argv[1:]],
     )
-    result = Batch(scenarios, opts, bopts, mode).run()
+    result = Batch(plans, opts, bopts, mode).run()
     if len(result.groups) > 1 or ns.repeat > 1 or any(g.retries for g in result.groups):
         print("\n" + "\n".join(summary_lines(result)))
     return EXIT_CODES[result.outcome]
@@ -93,13 +94,13 @@ def cmd_nightly(ns: argparse.Namespace) -> int:
     from .progress import Progress
     from .runner import RunOptions
 
-    scenarios = _load_all(ns.scenarios or [str(REPO / "scenarios")], ns.profile)
-    opts = RunOptions(results_root=Path(ns.results).resolve(), keep_disks=ns.keep_disks)
+    plans = _load_all(ns.scenarios or [str(SCENARIOS)], ns.profile)
+    opts = RunOptions(results_root=_results_root(ns.results), keep_disks=ns.keep_disks)
     bopts = BatchOptions(
         jobs=ns.jobs, repeat=ns.repeat, retries=ns.retries, argv=["hil", *sys.argv[1:]]
     )
     mode = Progress.auto(quiet=ns.quiet).mode
-    return run_nightly(scenarios, opts, bopts, NightlyOptions(nights=ns.nights), mode).exit_code
+    return run_nightly(plans, opts, bopts, NightlyOptions(nights=ns.nights), mode).exit_code
 
 
 def cmd_history(ns: argparse.Namespace) -> int:
@@ -116,7 +117,7 @@ def cmd_history(ns: argparse.Namespace) -> int:
     with History.at(root) as h:
         rows = h.recent(ns.scenario, ns.profile, limit=ns.limit)
         if not rows:
-            known = [r[0] for r in h.db.execute("SELECT DISTINCT scenario FROM runs ORDER BY 1")]
+            known = h.scenarios()
             where = f" with profile {ns.profile}" if ns.profile else ""
             print(
                 f"hil: no runs of {ns.scenario!r}{where} in {root / FILENAME}. Recorded "
@@ -153,7 +154,7 @@ def cmd_history(ns: argparse.Namespace) -> int:
                 f"{r.total_s:.2f}" if r.total_s is not None else "-",
                 (r.git_commit or "?")[:8],
                 r.batch_id or "-",
-                _relpath(r.run_dir),
+                rel(r.run_dir),
             )
         )
     widths = [max(len(str(row[i])) for row in table) for i in range(len(head))]
@@ -200,20 +201,36 @@ def cmd_baseline(ns: argparse.Namespace) -> int:
     return EXIT_PASS
 
 
-def _relpath(p: str) -> str:
+def _results_root(arg: str) -> Path:
+    """--results: a directory (made if missing), never an existing file."""
+    root = Path(arg).resolve()
+    if root.exists() and not root.is_dir():
+        raise ValidationError(
+            [
+                f"--results {arg}: this is a file, not a directory. Give a directory for the "
+                "results (it is created if missing)."
+            ]
+        )
+    from . import qemuopt
+
     try:
-        return str(Path(p).relative_to(Path.cwd()))
-    except ValueError:
-        return p
+        qemuopt.value(root)
+    except qemuopt.UnsafeValue:
+        raise ValidationError(
+            [f"--results {arg!r}: a path with a newline cannot be handed to QEMU; rename it."]
+        ) from None
+    return root
 
 
-def _positive_int(text: str) -> int:
+def _positive_int(text: str, most: int = 10_000) -> int:
     try:
-        n = int(text)
+        n = int(text) if len(text) <= 12 else 0
     except ValueError:
         n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    if not 1 <= n <= most:
+        raise argparse.ArgumentTypeError(
+            f"{text[:20]!r} is not a whole number of at least 1 (and at most {most})"
+        )
     return n
 
 
@@ -264,7 +281,7 @@ def _batch_args(p: argparse.ArgumentParser, repeat: int = 1) -> None:
     )
     p.add_argument(
         "--results",
-        default=str(REPO / "results"),
+        default=str(RESULTS),
         help="results root directory (default: results/ in the repository)",
     )
     p.add_argument(
@@ -275,11 +292,11 @@ def _batch_args(p: argparse.ArgumentParser, repeat: int = 1) -> None:
 
 
 def cmd_validate(ns: argparse.Namespace) -> int:
-    for sc in _load_all(ns.scenarios, ns.profile):
-        n = len(sc.steps)
+    for p in _load_all(ns.scenarios, ns.profile):
+        n, d = len(p.scenario.steps), len(p.scenario.devices)
         print(
-            f"ok  {sc.path}: {n} step{'s' * (n != 1)}, profile {sc.profile.name}, "
-            f"{len(sc.devices)} device{'s' * (len(sc.devices) != 1)}"
+            f"ok  {p.scenario.path}: {n} step{'s' * (n != 1)}, profile {p.profile.name}, "
+            f"{d} device{'s' * (d != 1)}"
         )
     return EXIT_PASS
 
@@ -326,10 +343,44 @@ def cmd_compare(ns: argparse.Namespace) -> int:
     return worst
 
 
+def _restore_passthrough(quiet: bool) -> int:
+    """Give back devices a killed hil left bound to vfio-pci (docs/passthrough.md)."""
+    from .vfio import RestoreError, restore_stale
+
+    try:
+        done = restore_stale()
+    except RestoreError as e:
+        for line in getattr(e, "restored", []):
+            print(f"hil: {line}", file=sys.stderr)
+        print(f"hil: passthrough: {e}", file=sys.stderr)
+        return EXIT_INFRA
+    except OSError as e:
+        print(f"hil: passthrough: cannot read the registry of bound devices: {e}", file=sys.stderr)
+        return EXIT_INFRA
+    for line in done:
+        print(f"hil: {line}", file=sys.stderr)
+    if not done and not quiet:
+        print("hil: no device was left bound by a hil that is gone")
+    return EXIT_PASS
+
+
+def cmd_vfio(ns: argparse.Namespace) -> int:
+    if ns.action == "restore":
+        return _restore_passthrough(quiet=False)
+    from .vfio import doctor_report
+
+    for line in doctor_report():
+        print(line)
+    return EXIT_PASS
+
+
 def cmd_test(ns: argparse.Namespace) -> int:
     import pytest
 
-    return int(pytest.main([str(REPO / "tests"), *ns.pytest_args]))
+    args = list(ns.pytest_args)
+    # The whole suite unless the arguments name what to run (a file, a test id).
+    named = any(Path(a.split("::")[0]).exists() for a in args if not a.startswith("-"))
+    return int(pytest.main(args if named else [str(TESTS), *args]))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -390,11 +441,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=20,
         help="how many runs, newest first (default 20)",
     )
-    h.add_argument("--results", default=str(REPO / "results"), help="results root directory")
+    h.add_argument("--results", default=str(RESULTS), help="results root directory")
     h.set_defaults(func=cmd_history)
 
     b = sub.add_parser("baseline", help="pin or unpin the baseline a scenario compares with")
-    b.add_argument("--results", default=str(REPO / "results"), help="results root directory")
+    b.add_argument("--results", default=str(RESULTS), help="results root directory")
     bsub = b.add_subparsers(dest="action", required=True, metavar="ACTION")
     bp = bsub.add_parser("pin", help="compare this run's scenario/profile with its batch")
     bp.add_argument("run", metavar="RUN", help="a run directory or run id")
@@ -423,8 +474,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.set_defaults(func=cmd_compare)
 
-    t = sub.add_parser("test", help="run the test suite (pytest; extra arguments go to it)")
-    t.add_argument("pytest_args", nargs=argparse.REMAINDER)
+    # Every argument after `test` is pytest's, '-q' and '-k NAME' included: no option
+    # prefix (and no -h) of our own, so argparse takes none of them for itself.
+    vf = sub.add_parser(
+        "vfio", help="passthrough devices: list them, restore what a killed hil left"
+    )
+    vsub = vf.add_subparsers(dest="action", required=True, metavar="ACTION")
+    vsub.add_parser("restore", help="rebind devices a killed hil left on vfio-pci to their driver")
+    vsub.add_parser("list", help="IOMMU groups and which devices can be passed through")
+    vf.set_defaults(func=cmd_vfio)
+
+    t = sub.add_parser(
+        "test",
+        help="run the test suite (pytest; every further argument goes to it)",
+        prefix_chars="\0",
+        add_help=False,
+    )
+    t.add_argument("pytest_args", nargs=argparse.REMAINDER, metavar="PYTEST_ARG")
     t.set_defaults(func=cmd_test)
     return p
 
@@ -440,6 +506,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGHUP, _terminate)
     try:
+        if ns.command in ("run", "nightly"):  # what killed runs left behind
+            from .janitor import at_start
+
+            at_start(Path(ns.results))
+            _restore_passthrough(quiet=True)
         return ns.func(ns)
     except ValidationError as e:
         for problem in e.problems:
@@ -453,6 +524,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("hil: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `hil ... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_PASS
 
 
 if __name__ == "__main__":

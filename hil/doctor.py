@@ -13,7 +13,7 @@ import sys
 from typing import TextIO
 
 from . import host
-from .errors import EXIT_INFRA, EXIT_PASS
+from .errors import EXIT_INFRA, EXIT_PASS, HilError
 
 _ADAPTER_PROBE = """
 import json, wgpu
@@ -102,5 +102,13 @@ def doctor(out: TextIO) -> int:
     width = max(len(r[0]) for r in rows)
     for name, state, note in rows:
         out.write(f"{name:<{width}}  {state:<8}  {note}\n")
+    out.write("\npassthrough (VFIO, docs/passthrough.md):\n")
+    try:
+        from .vfio import doctor_report
+
+        for line in doctor_report():
+            out.write(f"  {line}\n")
+    except (OSError, HilError) as e:  # a host without PCI sysfs: say so, go on
+        out.write(f"  cannot read the host's PCI devices: {e}\n")
     out.write("\nhil run: " + ("NOT possible (see MISSING above)\n" if fatal else "ready\n"))
     return EXIT_INFRA if fatal else EXIT_PASS

@@ -389,6 +389,10 @@ class History:
             return self._rows("scenario = ?", (scenario,), limit=limit)
         return self._rows("scenario = ? AND profile = ?", (scenario, profile), limit=limit)
 
+    def scenarios(self) -> list[str]:
+        """Every scenario name with a recorded run."""
+        return [r[0] for r in self.db.execute("SELECT DISTINCT scenario FROM runs ORDER BY 1")]
+
     def batch_runs(self, batch_id: str) -> list[RunRow]:
         return self._rows("batch_id = ?", (batch_id,), order="scenario, profile, repeat_index, id")
 

@@ -98,6 +98,14 @@ def _running_in_vm() -> bool:
     return False
 
 
+def memory_bytes() -> int | None:
+    """The host's physical memory (None if unknown)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def choose_accel(requested: str, boot: str) -> tuple[str, str]:
     """Resolve a profile's accel (auto/kvm/tcg) for this host: (accel, why)."""
     k = kvm()

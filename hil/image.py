@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from hil import janitor
 from hil.errors import BuildError, InfraError, UserError
 from hil.vgpu import layout as vgpu_layout
 
@@ -105,7 +106,11 @@ class ImageRecipe:
 
 @dataclass(frozen=True)
 class SizeReport:
-    """Kernel size by kind; `counted` (text + rodata + data) is held to `budget`."""
+    """Kernel size.  ``counted`` -- what is held to ``budget`` -- is what is *loaded*: the
+    file size of the PT_LOAD segment, which is exactly kernel.bin (the bytes the boot
+    sector reads, and the bytes QEMU's PVH loader copies).  It is text + rodata + data
+    + the alignment padding between them; .bss and the page tables take no bytes in the
+    file, and the PVH note lies in no loaded segment."""
 
     text: int
     rodata: int
@@ -113,17 +118,22 @@ class SizeReport:
     bss: int
     counted: int
     budget: int
+    padding: int = 0
+    note: int = 0
 
     def format(self) -> str:
         pct = 100 * self.counted / self.budget if self.budget else 0.0
         return "\n".join(
             [
                 "microkernel size (bytes)",
-                f"  text     {self.text:6d}   code",
-                f"  rodata   {self.rodata:6d}   strings, GDT, PVH note",
-                f"  data     {self.data:6d}   initialised variables",
-                f"  counted  {self.counted:6d}   of budget {self.budget} ({pct:.0f}%)",
-                f"  bss      {self.bss:6d}   not counted: stack, IDT, PVH page tables",
+                f"  text     {self.text:6d}   code (.text)",
+                f"  rodata   {self.rodata:6d}   read-only data: strings, the GDT, tables (.rodata)",
+                f"  data     {self.data:6d}   initialised variables (.data)",
+                f"  padding  {self.padding:6d}   alignment gaps between those sections",
+                f"  loaded   {self.counted:6d}   the sum: kernel.bin, the PT_LOAD file size; "
+                f"budget {self.budget} ({pct:.0f}%)",
+                f"  bss      {self.bss:6d}   not loaded, zeroed: stack, IDT, PVH page tables",
+                f"  note     {self.note:6d}   not loaded: the PVH ELF note (in kernel.elf only)",
             ]
         )
 
@@ -295,16 +305,20 @@ def _run(cmd: list[str], log: list[str], *, what: str, cwd: Path | None = None) 
 
 
 def measure(elf: Path, budget: int) -> SizeReport:
-    """Sizes of the allocated sections.  Counted: everything with bytes in the
-    image (code, read-only data incl. the PVH note, data); not .bss or the
-    NOBITS page tables."""
+    """What the loader loads (the PT_LOAD segments' file size: ``counted``), and by
+    section kind what it is made of.  Sections outside every PT_LOAD (the PVH note, the
+    symbol table) are not loaded; NOBITS sections (.bss, the page tables) have no bytes."""
     from elftools.elf.constants import SH_FLAGS
     from elftools.elf.elffile import ELFFile
 
-    text = rodata = data = bss = 0
+    text = rodata = data = bss = note = 0
     with open(elf, "rb") as f:
-        for sec in ELFFile(f).iter_sections():
+        ef = ELFFile(f)
+        loaded = sum(s["p_filesz"] for s in ef.iter_segments() if s["p_type"] == "PT_LOAD")
+        for sec in ef.iter_sections():
             flags, size = sec["sh_flags"], sec["sh_size"]
+            if sec["sh_type"] == "SHT_NOTE" and not flags & SH_FLAGS.SHF_ALLOC:
+                note += size
             if not flags & SH_FLAGS.SHF_ALLOC or size == 0:
                 continue
             if sec["sh_type"] == "SHT_NOBITS":
@@ -315,7 +329,10 @@ def measure(elf: Path, budget: int) -> SizeReport:
                 data += size
             else:
                 rodata += size
-    return SizeReport(text, rodata, data, bss, text + rodata + data, budget)
+    padding = loaded - (text + rodata + data)
+    if padding < 0:
+        raise BuildError(f"{elf}: an allocated section lies outside the PT_LOAD segment")
+    return SizeReport(text, rodata, data, bss, loaded, budget, padding, note)
 
 
 def _symbol(elf: Path, name: str) -> int:
@@ -351,8 +368,9 @@ def pvh_entry(elf: Path) -> int | None:
 def _check_budget(size: SizeReport, budget_file: Path) -> None:
     if size.counted > size.budget:
         raise BuildError(
-            f"microkernel is {size.counted} bytes (text {size.text} + rodata {size.rodata} + "
-            f"data {size.data}), over its budget of {size.budget} bytes by "
+            f"microkernel loads {size.counted} bytes (text {size.text} + rodata {size.rodata} "
+            f"+ data {size.data} + padding {size.padding}), over its budget of {size.budget} "
+            "bytes by "
             f"{size.counted - size.budget}. Make it smaller, or raise max_bytes in "
             f"{budget_file} (pxOS promises ~2 KB)."
         )
@@ -456,7 +474,16 @@ def _assemble_disk(work: Path, boot_bin: Path, elf: Path, flat: Path, payload: b
 def _load(final: Path, key: str, budget: int, cached: bool) -> Image:
     meta = json.loads((final / "image.json").read_text())
     s = meta["size"]
-    size = SizeReport(s["text"], s["rodata"], s["data"], s["bss"], s["counted"], budget)
+    size = SizeReport(
+        s["text"],
+        s["rodata"],
+        s["data"],
+        s["bss"],
+        s["counted"],
+        budget,
+        s.get("padding", 0),
+        s.get("note", 0),
+    )
     payload = final / "payload.bin"
     return Image(
         key=key,
@@ -515,6 +542,7 @@ def build(
     root.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=root))
     try:
+        janitor.claim(work)  # a SIGKILLed build's work dir is removed by the next hil
         version = read_version(src)
         boot_bin, elf, flat = _compile(src, work, defines, tools, cmdlog, log)
         size = measure(elf, budget)
@@ -530,6 +558,8 @@ def build(
                 "data": size.data,
                 "bss": size.bss,
                 "counted": size.counted,
+                "padding": size.padding,
+                "note": size.note,
             },
             "layout": layout,
             "defines": defines,
@@ -540,6 +570,7 @@ def build(
         (work / "build.log").write_text("\n".join(cmdlog) + "\n")
         for leftover in work.glob("*.o"):
             leftover.unlink()
+        janitor.release(work)
         try:
             os.rename(work, final)
         except OSError:

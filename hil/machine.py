@@ -23,7 +23,7 @@ import tty
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import host
+from . import host, qemuopt
 from .errors import InfraError
 from .process import Lifetime, launcher, stop_group
 from .qmp import QmpDriver
@@ -76,11 +76,11 @@ def qemu_argv(cfg: MachineConfig, serial_path: str, qmp_path: str, log_path: Pat
         "none",
         "-no-reboot",
         "-chardev",
-        f"serial,id=com1,path={serial_path}",
+        qemuopt.opts("serial", id="com1", path=serial_path),
         "-serial",
         "chardev:com1",
         "-chardev",
-        f"socket,id=qmp,path={qmp_path}",
+        qemuopt.opts("socket", id="qmp", path=qmp_path),
         "-mon",
         "chardev=qmp,mode=control",
         "-device",
@@ -95,7 +95,8 @@ def qemu_argv(cfg: MachineConfig, serial_path: str, qmp_path: str, log_path: Pat
     if cfg.boot == "bios":
         # snapshot=on: the guest's writes go to a throw-away overlay; the cached image
         # is never modified (AHCI/IDE refuse read-only drives).
-        argv += ["-drive", f"file={cfg.disk},format=raw,if=ide,index=0,media=disk,snapshot=on"]
+        drive = qemuopt.props(file=cfg.disk, format="raw", index=0, media="disk", snapshot="on")
+        argv += ["-drive", drive + ",if=ide"]
     else:
         if not host.QBOOT.exists():
             raise InfraError(

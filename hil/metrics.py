@@ -32,29 +32,25 @@ CATALOGUE: dict[str, str] = {
     "windows (worst window)",
     "wakeups_per_s": "halt exits (KVM) or scheduler wake-ups of the vCPU thread (TCG) per "
     "second during `idle` windows (worst window)",
-    "gpu.dispatches": "executor runs the vGPU bridge made (each until every thread was "
-    "blocked, halted or out of budget)",
-    "gpu.instructions": "pixel instructions the GPU executed, all threads",
-    "gpu.instructions_per_s": "gpu.instructions / time spent inside executor runs",
-    "gpu.dispatch_ms.p50": "median time of one executor run (ms)",
-    "gpu.dispatch_ms.mean": "mean time of one executor run (ms)",
-    "gpu.requests": "requests the GPU posted to the guest CPU (ports, MMIO)",
-    "gpu.denied": "requests the microkernel answered DENY",
-    "gpu.events": "events the guest posted to the GPU's event queue",
-    "gpu.roundtrip_us.p50": "median mailbox round trip: request posted by the bridge -> its "
-    "response visible to the executor (µs)",
-    "gpu.roundtrip_us.p99": "99th percentile of the mailbox round trip (µs)",
-    "gpu.wakeups_per_request": "guest wake-ups from hlt per request served (the kernel's "
-    "own counters, last `stats` line)",
 }
 
 
+def catalogue() -> dict[str, str]:
+    """Every metric name: the run's own, then those each device kind produces."""
+    from .devices import DEVICES
+
+    out = dict(CATALOGUE)
+    for kind in DEVICES.kinds():
+        out.update(kind.metrics)
+    return out
+
+
 def names() -> list[str]:
-    return list(CATALOGUE)
+    return list(catalogue())
 
 
 def is_known(name: str) -> bool:
-    return name in CATALOGUE
+    return name in catalogue()
 
 
 # ---------------------------------------------------------------- boot time
@@ -123,8 +119,10 @@ class IdleWindow:
 
 class IdleProbe:
     """Samples per-vCPU halted time.  Under KVM: QMP ``query-stats`` (``halt_wait_ns``,
-    ``halt_exits``); under TCG (where query-stats is empty) the vCPU threads' CPU time
-    from /proc/<pid>/task/<tid>/schedstat, halted = wall - on-CPU time."""
+    ``halt_exits``); under TCG (where query-stats is empty) the vCPU threads' scheduler
+    statistics from /proc/<pid>/task/<tid>/schedstat: halted = wall - (time on a CPU +
+    time waiting on a run queue).  A thread that waits for a CPU wants to run: on a
+    loaded host a spinning guest must still read busy, not "idle" for want of a CPU."""
 
     def __init__(self, qmp, pid: int, accel: str):
         self.qmp = qmp
@@ -153,7 +151,8 @@ class IdleProbe:
         out = {}
         for tid in self.threads:
             fields = Path(f"/proc/{self.pid}/task/{tid}/schedstat").read_text().split()
-            out[str(tid)] = (int(fields[0]), int(fields[2]))  # ns on CPU, timeslices
+            # ns on a CPU + ns runnable but waiting, timeslices, ns waiting
+            out[str(tid)] = (int(fields[0]) + int(fields[1]), int(fields[2]), int(fields[1]))
         return out
 
     def sample(self) -> tuple[float, dict]:
@@ -178,13 +177,15 @@ class IdleProbe:
                     }
                 )
             else:
+                d_wait = b[key][2] - a[key][2]
                 idle = 1.0 - d_main / wall_ns
                 vcpus.append(
                     {
                         "vcpu": key,
                         "idle": round(max(idle, 0.0), 6),
                         "wakeups": d_count,
-                        "cpu_ns": d_main,
+                        "cpu_ns": d_main - d_wait,
+                        "runqueue_wait_ns": d_wait,
                     }
                 )
         return IdleWindow(self.method, t1 - t0, vcpus)
@@ -193,5 +194,5 @@ class IdleProbe:
 def doc_table() -> str:
     """The metric table of docs/metrics.md (tests keep the doc equal to this)."""
     rows = ["| metric | meaning |", "|---|---|"]
-    rows += [f"| `{name}` | {text} |" for name, text in CATALOGUE.items()]
+    rows += [f"| `{name}` | {text} |" for name, text in catalogue().items()]
     return "\n".join(rows)

@@ -19,8 +19,9 @@ from . import report, results
 from .baseline import compare_batch, exit_status
 from .batch import Batch, BatchOptions
 from .history import History
+from .paths import rel
+from .plan import Plan
 from .runner import RunOptions
-from .scenario import Scenario
 
 
 @dataclass
@@ -37,7 +38,7 @@ class NightlyResult:
 
 
 def run_nightly(
-    scenarios: list[Scenario],
+    plans: list[Plan],
     run_opts: RunOptions,
     batch_opts: BatchOptions,
     opts: NightlyOptions,
@@ -47,11 +48,11 @@ def run_nightly(
     batch_opts.kind = "nightly"
     batch_opts.record_history = True
     with report.PlotWorker() as plots:
-        return _run(scenarios, run_opts, batch_opts, opts, progress_mode, out, plots)
+        return _run(plans, run_opts, batch_opts, opts, progress_mode, out, plots)
 
 
-def _run(scenarios, run_opts, batch_opts, opts, progress_mode, out, plots) -> NightlyResult:
-    result = Batch(scenarios, run_opts, batch_opts, progress_mode).run()
+def _run(plans, run_opts, batch_opts, opts, progress_mode, out, plots) -> NightlyResult:
+    result = Batch(plans, run_opts, batch_opts, progress_mode).run()
     root = run_opts.results_root
     date = result.started_at[:10]
     with History.at(root) as history:
@@ -77,17 +78,10 @@ def _run(scenarios, run_opts, batch_opts, opts, progress_mode, out, plots) -> Ni
 
 
 def _console_summary(s: dict, out_dir: Path) -> str:
-    lines = ["", f"nightly {s['date']}: {report._headline(s)}"]
+    lines = ["", f"nightly {s['date']}: {report.headline(s)}"]
     lines += [f"  {ln}" for ln in s["changed"]] or ["  nothing changed since the baseline"]
     lines.append(
-        f"  report: {_rel(out_dir / 'report.html')} (summary.md, junit.xml, summary.json beside it)"
+        f"  report: {rel(out_dir / 'report.html')} (summary.md, junit.xml, summary.json beside it)"
     )
     lines.append(f"  exit status {s['exit_code']}")
     return "\n".join(lines) + "\n"
-
-
-def _rel(p: Path) -> str:
-    try:
-        return str(Path(p).resolve().relative_to(Path.cwd()))
-    except ValueError:
-        return str(p)

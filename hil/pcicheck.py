@@ -115,3 +115,20 @@ def compare(kernel: dict[str, Function], qemu: dict[str, Function]) -> list[str]
 
 def _bar(b: Bar) -> str:
     return f"{b.kind}{'p' if b.prefetch else ''} size {b.size:#x}"
+
+
+def missing(kernel: dict[str, Function], expected: list) -> list[str]:
+    """The attached devices (PciIds: vendor, device, 24-bit class) the kernel did not list,
+    counted: two NVMe attached need two NVMe functions listed."""
+    have: dict[tuple[int, int, int], int] = {}
+    for f in kernel.values():
+        key = (f.vendor, f.device, f.class_code)
+        have[key] = have.get(key, 0) + 1
+    problems = []
+    for pid in expected:
+        key = (pid.vendor, pid.device, pid.class_code >> 8)
+        if have.get(key, 0):
+            have[key] -= 1
+        else:
+            problems.append(f"an attached device {pid} was not listed by the kernel")
+    return problems

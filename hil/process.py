@@ -3,22 +3,37 @@
 * ``launcher()``: the prefix that gives it a parent-death signal (util-linux ``setpriv
   --pdeathsig KILL``), so even a SIGKILLed hil leaves nothing running;
 * ``stop_group()``: the escalating stop of its process group;
+* ``die_with_parent()``: the same for a process hil forks itself (a batch's run, the
+  plot worker);
 * ``Lifetime``: the context-manager shape (start in ``__enter__``, and stop whatever
   happens -- including a failed start -- in ``__exit__``).
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
 
 from . import host
 
+_PR_SET_PDEATHSIG = 1
+
 
 def launcher() -> list[str]:
     setpriv = host.which("setpriv")
     return [setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []
+
+
+def die_with_parent(sig: int, parent: int) -> bool:
+    """Ask the kernel to send ``sig`` to this (forked) process when its parent dies.
+    False when the parent ``parent`` is already gone (the caller should exit)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+    return os.getppid() == parent
 
 
 def stop_group(

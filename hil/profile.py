@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import devices as dev
+from .paths import PROFILES as PROFILE_DIR
+from .paths import REPO
 from .yamlsrc import Fields, Problems, load, parse_size, suggest
-
-REPO = Path(__file__).resolve().parent.parent
-PROFILE_DIR = REPO / "qemu_configs"
 
 MACHINES = ("q35", "pc")
 ACCELS = ("auto", "kvm", "tcg")
 BOOT_PATHS = ("bios", "pvh")
-GPUS = ("none", "virtual")
-DEFAULT_VRAM = 16 << 20
-KEYS = (
+BASE_KEYS = (
     "description",
     "machine",
     "accel",
@@ -26,10 +24,14 @@ KEYS = (
     "cpu",
     "acpi",
     "devices",
-    "gpu",
-    "vram",
     "qemu_args",
 )
+MAX_MEMORY_MIB = 1 << 20  # 1 TiB; a plan also checks what this host has
+
+
+def keys() -> tuple[str, ...]:
+    """The base keys plus those device kinds own (gpu, vram: the vGPU's)."""
+    return BASE_KEYS + tuple(k for kind in dev.DEVICES.kinds() for k in kind.profile_keys)
 
 
 @dataclass(frozen=True)
@@ -44,10 +46,18 @@ class Profile:
     cpus: int = 1
     cpu: str | None = None  # None: 'host' under KVM, QEMU's default under TCG
     acpi: bool = True  # QEMU's ACPI tables; the kernel does not use them
-    devices: tuple[dev.Device, ...] = ()
-    gpu: str = "none"  # none | virtual (the vGPU bridge, docs/vgpu.md)
-    vram: int = DEFAULT_VRAM  # bytes of VRAM for gpu: virtual
+    devices: tuple = ()
     qemu_args: tuple[str, ...] = field(default_factory=tuple)
+    settings: dict = field(default_factory=dict, hash=False)  # device kind -> its keys
+
+    @property
+    def gpu(self) -> str:
+        """none | virtual (the vGPU bridge, docs/vgpu.md)."""
+        return self.settings.get("vgpu", {}).get("gpu", "none")
+
+    @property
+    def vram(self) -> int:
+        return self.settings.get("vgpu", {}).get("vram", 0)
 
     def to_json(self) -> dict:
         return {
@@ -75,10 +85,12 @@ def available() -> list[str]:
 def resolve(ref: str, relative_to: Path) -> Path | None:
     """A profile reference -> file: a name in qemu_configs/, or a path to a YAML file."""
     if ref.endswith((".yaml", ".yml")) or "/" in ref:
-        p = (relative_to / ref).resolve()
-        return p if p.is_file() else None
+        # realpath, not resolve() (a symlink loop raises); anything that exists is
+        # returned so the loader can say what is wrong with it (a FIFO, a directory).
+        p = Path(os.path.realpath(relative_to / ref))
+        return p if os.path.lexists(p) else None
     p = PROFILE_DIR / f"{ref}.yaml"
-    return p if p.is_file() else None
+    return p if os.path.isfile(p) else None  # os.path: False (not OSError) for a 1 MB name
 
 
 def unknown_profile_hint(ref: str) -> str:
@@ -93,7 +105,7 @@ def unknown_profile_hint(ref: str) -> str:
 def load_profile(path: Path) -> Profile:
     problems = Problems(path)
     node = load(path, "profile")
-    f = Fields(problems, node, "", KEYS, 1)
+    f = Fields(problems, node, "", keys(), 1)
     description = f.get("description", str, "")
     machine = f.choice("machine", MACHINES, "q35")
     accel = f.choice("accel", ACCELS, "auto")
@@ -103,31 +115,24 @@ def load_profile(path: Path) -> Profile:
     if memory is None:
         size = parse_size(mem_raw)
         memory = size >> 20 if size and size % (1 << 20) == 0 else None
-    if memory is None or memory < 16:
+    if memory is None or not 16 <= memory <= MAX_MEMORY_MIB:
+        shown = repr(mem_raw) if len(repr(mem_raw)) <= 40 else repr(mem_raw)[:37] + "..."
         f.error(
             "memory",
-            f"{mem_raw!r} is not a usable memory size; write MiB as a number "
-            "('memory: 128') or a size ('memory: 1G'), at least 16 MiB.",
+            f"{shown} is not a usable memory size; write MiB as a number "
+            "('memory: 128') or a size ('memory: 1G'), at least 16 MiB and at most 1 TiB.",
         )
     cpus = f.get("cpus", int, 1, example="cpus: 1")
     if cpus is not None and not 1 <= cpus <= 64:
         f.error("cpus", "must be between 1 and 64.")
     cpu = f.get("cpu", str, None, example="cpu: host")
     acpi = f.get("acpi", bool, True, example="acpi: false")
-    gpu = f.choice("gpu", GPUS, "none")
-    vram_raw = f.raw("vram", DEFAULT_VRAM)
-    vram = parse_size(vram_raw)
-    if vram is None or vram < 1 << 16 or vram > 1 << 31 or vram & (vram - 1):
-        f.error(
-            "vram",
-            f"{vram_raw!r} is not a usable VRAM size: a power of two from 64K to "
-            "2G, e.g. 'vram: 16M'.",
-        )
-        vram = DEFAULT_VRAM
+    ctx = dev.ParseContext(problems, path.parent, "profile")
+    settings = {k.name: k.parse_profile(f, ctx) for k in dev.DEVICES.kinds() if k.profile_keys}
     qargs = f.get("qemu_args", list, [], example="qemu_args: ['-device', 'pvpanic']")
     if qargs and not all(isinstance(a, str) for a in qargs):
         f.error("qemu_args", "must be a list of strings, one QEMU argument each.")
-    devices = dev.parse(problems, f.raw("devices"), "devices", path.parent)
+    devices = dev.parse(problems, f.raw("devices"), "devices", path.parent, "profile")
     f.done()
     if machine == "pc":
         for i, d in enumerate(devices):
@@ -150,7 +155,6 @@ def load_profile(path: Path) -> Profile:
         cpu=cpu,
         acpi=acpi,
         devices=tuple(devices),
-        gpu=gpu,
-        vram=vram,
         qemu_args=tuple(qargs or ()),
+        settings=settings,
     )

@@ -67,19 +67,24 @@ def _is_scenario(path: Path) -> bool:
 
 class ScenarioFile(pytest.File):
     def collect(self):
+        from .errors import UserError
+        from .plan import make_plan
         from .scenario import load_scenario
         from .yamlsrc import ValidationError
 
         profiles = self.config.getoption("hil_profile") or [None]
         for profile in profiles:
+            name = f"{self.path.stem}[{profile}]" if profile else self.path.stem
             try:
-                sc = load_scenario(self.path, profile)
+                plan = make_plan(load_scenario(self.path, profile))
             except ValidationError as e:
-                name = f"{self.path.stem}[{profile}]" if profile else self.path.stem
-                yield ScenarioItem.from_parent(self, name=name, scenario=None, problems=e.problems)
+                yield ScenarioItem.from_parent(self, name=name, plan=None, problems=e.problems)
+                continue
+            except UserError as e:
+                yield ScenarioItem.from_parent(self, name=name, plan=None, problems=[str(e)])
                 continue
             yield ScenarioItem.from_parent(
-                self, name=f"{sc.name}[{sc.profile.name}]", scenario=sc, problems=[]
+                self, name=f"{plan.name}[{plan.profile.name}]", plan=plan, problems=[]
             )
 
 
@@ -92,9 +97,9 @@ class ScenarioInvalid(Exception):
 
 
 class ScenarioItem(pytest.Item):
-    def __init__(self, *, scenario, problems, **kw):
+    def __init__(self, *, plan, problems, **kw):
         super().__init__(**kw)
-        self.scenario = scenario
+        self.plan = plan
         self.problems = problems
 
     def runtest(self):
@@ -106,19 +111,19 @@ class ScenarioItem(pytest.Item):
             raise ScenarioInvalid("\n\n".join(self.problems))
         root = Path(self.config.getoption("hil_results") or results.DEFAULT_ROOT).resolve()
         text = io.StringIO()
-        rec = run_scenario(self.scenario, RunOptions(results_root=root), Progress("quiet", text))
+        rec = run_scenario(self.plan, RunOptions(results_root=root), Progress("quiet", text))
         v = rec.verdict
         self.user_properties += [
             ("outcome", v.outcome),
-            ("profile", self.scenario.profile.name),
+            ("profile", self.plan.profile.name),
             ("run_dir", str(rec.run_dir)),
-            *[(f"metric.{k}", val) for k, val in rec.data["metrics"].items()],
+            *[(f"metric.{k}", val) for k, val in rec.metrics.items()],
         ]
         if not self.config.getoption("hil_no_history"):
             batch = _batch_id()
             with History.at(root) as h:
-                h.add_batch(batch, "pytest", rec.data["started_at"])
-                h.record(rec.data, rec.run_dir, batch_id=batch)
+                h.add_batch(batch, "pytest", rec.started_at)
+                h.record(rec.to_json(), rec.run_dir, batch_id=batch)
         if v.outcome == "interrupted":
             raise KeyboardInterrupt
         if v.outcome != "pass":
@@ -130,7 +135,7 @@ class ScenarioItem(pytest.Item):
         return super().repr_failure(excinfo)
 
     def reportinfo(self):
-        prof = self.scenario.profile.name if self.scenario else "?"
+        prof = self.plan.profile.name if self.plan else "?"
         return self.path, 0, f"scenario {self.name} (profile {prof})"
 
 

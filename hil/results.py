@@ -12,30 +12,66 @@ import functools
 import json
 import os
 import platform
+import re
 import secrets
 import socket
 import subprocess
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_ROOT = REPO / "results"
-SCHEMA = 1
+from .paths import REPO, RESULTS
+
+DEFAULT_ROOT = RESULTS  # the results root when none is given
+
+
+RUN_ID_FORMAT = "%Y%m%dT%H%M%S"  # then .mmm (milliseconds), 'Z', '-', 4 random hex digits
+_last_stamp = ""
 
 
 def new_run_dir(root: Path, scenario: str) -> tuple[str, Path]:
-    """A fresh, unique directory; the id sorts by start time (UTC)."""
+    """A fresh, unique directory, claimed by this process (hil.janitor) until its run.json
+    is written.  Ids sort by start time: the UTC start to the millisecond, and within one
+    process strictly increasing (two runs in one millisecond get consecutive ones).
+    Older ids have no milliseconds (20261121T030000Z-1a2b); parse_run_id reads both."""
+    global _last_stamp
+    from . import janitor
+
     base = root / scenario
     base.mkdir(parents=True, exist_ok=True)
     while True:
-        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
+        now = dt.datetime.now(dt.UTC)
+        stamp = now.strftime(RUN_ID_FORMAT) + f".{now.microsecond // 1000:03d}"
+        if stamp <= _last_stamp:
+            time.sleep(0.001)  # this process made an id this millisecond already
+            continue
+        _last_stamp = stamp
         run_id = f"{stamp}Z-{secrets.token_hex(2)}"
         path = base / run_id
         try:
             path.mkdir()
-            return run_id, path
         except FileExistsError:
             continue
+        janitor.claim(path)
+        return run_id, path
+
+
+def parse_run_id(run_id: str) -> dt.datetime | None:
+    """The UTC start time a run id names (either format), or None if it is not one."""
+    m = re.fullmatch(r"(\d{8}T\d{6})(?:\.(\d{3}))?Z-[0-9a-f]{4}", run_id)
+    if not m:
+        return None
+    t = dt.datetime.strptime(m.group(1), RUN_ID_FORMAT).replace(tzinfo=dt.UTC)
+    return t + dt.timedelta(milliseconds=int(m.group(2) or 0))
+
+
+def run_started_at(run_id: str) -> str:
+    """run.json's ``started_at`` for a run id made by new_run_dir: ISO 8601, UTC, to the
+    millisecond, the same instant as the id (so the two never disagree)."""
+    t = parse_run_id(run_id)
+    if t is None:
+        raise ValueError(f"not a run id: {run_id!r}")
+    return t.isoformat(timespec="milliseconds")
 
 
 @functools.cache
@@ -71,6 +107,11 @@ def write_json(path: Path, data: dict) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
     tmp.replace(path)
+    if path.name == "run.json":
+        # A run directory with its run.json is a finished run: the janitor's claim ends.
+        from . import janitor
+
+        janitor.release(path.parent)
 
 
 def write_junit(path: Path, run: dict) -> None:
@@ -138,13 +179,12 @@ def read_run(run_dir: Path) -> dict:
     return json.loads((Path(run_dir) / "run.json").read_text())
 
 
-def annotate(run_dir: Path, key: str, value) -> dict:
-    """Add (or replace) one top-level key of a finished run's run.json; returns the data.
-    Used for facts known only after the run: its place in a batch, retries, flakiness."""
-    data = read_run(run_dir)
-    data[key] = value
-    write_json(Path(run_dir) / "run.json", data)
-    return data
+def write_record(rec) -> None:
+    """run.json from a hil.record.RunRecord, and junit.xml once it has its verdict."""
+    data = rec.to_json()
+    write_json(Path(rec.run_dir) / "run.json", data)
+    if rec.verdict is not None:
+        write_junit(Path(rec.run_dir) / "junit.xml", data)
 
 
 HISTORY_FILE = "history.sqlite"

@@ -1,32 +1,34 @@
-"""One run, end to end: plan -> image -> machine -> console -> steps -> metrics -> results.
+"""One run, end to end: plan -> image -> machine -> console -> steps -> checks -> judge
+-> record.
 
 ``run_scenario`` never raises for anything that can go wrong during a run: build errors,
-QEMU failures, guest faults, timeouts and Ctrl-C all become a Verdict, and the results
-directory is written in every case (the ``finally`` below).  Only invalid input is
-rejected earlier, by hil.scenario.
+QEMU failures, guest faults, timeouts and Ctrl-C all become a verdict, and the results
+directory is written in every case (the ``finally`` below).  Invalid input was rejected
+earlier, when the plan was made.  This module knows no device kind, step kind or check
+kind by name: it asks the registries.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime as dt
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import checks as chk
 from . import host, image, metrics, results
 from .console import Console
-from .devices import attach
+from .devices import AfterContext, Finding, attach, kind_of
 from .errors import BuildError, HilError, InfraError
+from .judge import check_limit, judge
 from .machine import MachineConfig, QemuMachine
-from .plan import Plan, make_plan
+from .paths import rel
+from .plan import Plan
 from .progress import Progress
-from .scenario import Scenario
+from .record import BatchInfo, CheckResult, RunRecord
 from .steps import Outcome, StepRunner
-from .verdict import ERROR, FAIL, INTERRUPTED, PASS, StepFailed, Verdict
-from .vgpu.driver import BridgeProcess
-from .vgpu.results import gpu_results
+from .verdict import ERROR, INTERRUPTED, PASS, StepFailed, Verdict
 
 
 @dataclass
@@ -36,66 +38,50 @@ class RunOptions:
     cache_root: Path | None = None  # image cache; None: the default
 
 
-@dataclass
-class RunRecord:
-    run_id: str
-    run_dir: Path
-    verdict: Verdict
-    data: dict  # what run.json holds
-
-
-def run_scenario(scenario: Scenario, opts: RunOptions, progress: Progress) -> RunRecord:
-    plan = make_plan(scenario)
-    run_id, run_dir = results.new_run_dir(opts.results_root, scenario.name)
-    started_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+def run_scenario(
+    plan: Plan, opts: RunOptions, progress: Progress, batch: BatchInfo | None = None
+) -> RunRecord:
+    sc = plan.scenario
+    run_id, run_dir = results.new_run_dir(opts.results_root, sc.name)
     t0 = time.monotonic()
-    progress.start(scenario.name, plan.profile.name, plan.accel, plan.accel_reason, _rel(run_dir))
-    data: dict = {
-        "schema": results.SCHEMA,
-        "scenario": scenario.name,
-        "scenario_file": str(scenario.path),
-        "run_id": run_id,
-        "started_at": started_at,
-        "description": scenario.description,
-        **plan.to_json(),
-        "git": results.git_info(),
-        "host": results.host_info(),
-        "durations": {},
-        "metrics": {},
-        "limits": [],
-        "steps": [],
-        "idle_windows": [],
-        "qemu": {"version": host.version(host.QEMU)},
-        "artifacts": {},
-    }
+    rec = RunRecord(
+        scenario=sc.name,
+        scenario_file=str(sc.path),
+        run_id=run_id,
+        run_dir=run_dir,
+        started_at=dt.datetime.now(dt.UTC).isoformat(timespec="microseconds"),
+        description=sc.description,
+        plan=plan.to_json(),
+        git=results.git_info(),
+        host=results.host_info(),
+        qemu={"version": host.version(host.QEMU)},
+        batch=batch,
+    )
+    results.write_record(rec)  # a killed run still leaves a (partial) record
+    progress.start(sc.name, plan.profile.name, plan.accel, plan.accel_reason, rel(run_dir))
     outcome = Outcome([])
-    verdict: Verdict | None = None
-    machine: QemuMachine | None = None
-    bridge: BridgeProcess | None = None
+    steps_verdict: Verdict | None = None
     console: Console | None = None
-    img = None
+    helpers: dict[int, object] = {}
+    started = False  # QEMU (and so every helper) was started: there is a run to look at
     try:
-        img = _build(plan, opts, progress, run_dir, data)
-        data["durations"]["build_s"] = round(time.monotonic() - t0, 3)
-        cfg = _machine_config(plan, img, run_dir, opts, data)
+        img = _build(plan, opts, progress, rec)
+        rec.durations["build_s"] = round(time.monotonic() - t0, 3)
         with contextlib.ExitStack() as stack:
-            watchdogs = []
-            if plan.gpu is not None:
-                # The bridge listens before QEMU starts and is stopped after it (LIFO).
-                o = plan.gpu.options
-                t_gpu = time.monotonic()
-                bridge = stack.enter_context(
-                    BridgeProcess(run_dir, plan.gpu.vram, o.backend, o.budget)
-                )
-                data["durations"]["gpu_start_s"] = round(time.monotonic() - t_gpu, 3)
-                cfg = dataclasses.replace(
-                    cfg, device_args=cfg.device_args + tuple(bridge.qemu_args())
-                )
-            machine = stack.enter_context(QemuMachine(cfg, run_dir))
-            if bridge is not None:
-                # The bridge leaves when QEMU hangs up; only while QEMU runs is that a fault.
-                watchdogs.append(lambda: machine.poll() is None and bridge.check())
-            data["qemu"]["argv"] = machine.argv
+            # Helpers (the vGPU bridge) listen before QEMU starts and stop after it (LIFO).
+            t_helpers = time.monotonic()
+            for i, spec in enumerate(plan.devices):
+                if (h := kind_of(spec).helper(spec, run_dir)) is not None:
+                    helpers[i] = stack.enter_context(h)
+            if any(spec.kind == "vgpu" for spec in plan.devices):
+                rec.durations["gpu_start_s"] = round(time.monotonic() - t_helpers, 3)
+            machine = stack.enter_context(
+                QemuMachine(_machine_config(plan, img, run_dir, rec, helpers), run_dir)
+            )
+            # A helper leaves when QEMU hangs up; only while QEMU runs is that a fault.
+            watchdogs = [lambda h=h: machine.poll() is None and h.check() for h in helpers.values()]
+            started = True
+            rec.qemu["argv"] = machine.argv
             progress.launched()
             console = Console(
                 machine.console_fd,
@@ -104,27 +90,30 @@ def run_scenario(scenario: Scenario, opts: RunOptions, progress: Progress) -> Ru
                 on_line=lambda ln: progress.console(ln.text, ln.t),
             )
             runner = StepRunner(
-                scenario, machine, console, plan.accel, on_step=progress.step, watchdogs=watchdogs
+                sc,
+                machine,
+                console,
+                plan.accel,
+                monitor=machine.qmp,
+                on_step=progress.step,
+                watchdogs=watchdogs,
+                plan=plan,
             )
             outcome = runner.out
             try:
                 runner.run()
-                n = len(scenario.steps)
-                verdict = Verdict(PASS, f"all {n} step{'s' * (n != 1)} passed")
+                n = len(sc.steps)
+                steps_verdict = Verdict(PASS, f"all {n} step{'s' * (n != 1)} passed")
             except StepFailed as f:
-                verdict = f.verdict
-            data["durations"]["machine_s"] = round(time.monotonic() - machine.launched, 3)
-            data["qemu"]["events"] = [e for _, e in machine.qmp.events()] if machine.qmp else []
-            data["qemu"]["kvm_stats"] = _kvm_stats(machine) if plan.accel == "kvm" else None
-            data["qemu"]["exit_status"] = machine.stop()
-            if bridge is not None:
-                bridge.stop()
-        if bridge is not None:
-            t_check = time.monotonic()
-            verdict = gpu_results(plan, run_dir, bridge.stats(), console, verdict, data)
-            data["durations"]["gpu_check_s"] = round(time.monotonic() - t_check, 3)
+                steps_verdict = f.verdict
+            rec.durations["machine_s"] = round(time.monotonic() - machine.launched, 3)
+            rec.qemu["events"] = [e for _, e in machine.qmp.events()] if machine.qmp else []
+            rec.qemu["kvm_stats"] = _kvm_stats(machine) if plan.accel == "kvm" else None
+            rec.qemu["exit_status"] = machine.stop()
+            for h in helpers.values():
+                h.stop()
     except KeyboardInterrupt:
-        verdict = Verdict(
+        steps_verdict = Verdict(
             INTERRUPTED,
             "interrupted (Ctrl-C or SIGTERM); QEMU was stopped",
             "interrupted",
@@ -133,21 +122,75 @@ def run_scenario(scenario: Scenario, opts: RunOptions, progress: Progress) -> Ru
         )
     except HilError as e:
         category = e.kind if isinstance(e, (InfraError, BuildError)) else "error"
-        verdict = Verdict(ERROR, str(e), category, **_where(outcome), evidence=_tail(console))
+        steps_verdict = Verdict(ERROR, str(e), category, **_where(outcome), evidence=_tail(console))
     finally:
         if console is not None:
             console.close()
-        if verdict is None:  # an unexpected exception is escaping: still leave a record
-            verdict = Verdict(ERROR, "internal error in hil (see the traceback)", "internal")
-        _finish(scenario, plan, opts, run_dir, data, outcome, verdict, console, img, t0)
-    progress.finished(scenario.name, verdict, data["metrics"], _rel(run_dir), _rel(scenario.path))
-    return RunRecord(run_id, run_dir, verdict, data)
+        if steps_verdict is None:  # an unexpected exception is escaping: still leave a record
+            steps_verdict = Verdict(ERROR, "internal error in hil (see the traceback)", "internal")
+            rec.verdict = steps_verdict
+            results.write_record(rec)
+    # Nothing below can be interrupted half-way into a missing record: a Ctrl-C now
+    # ends the post-run checks, which then count as not done.
+    try:
+        _after(plan, rec, outcome, steps_verdict, console, helpers if started else None, opts)
+    except KeyboardInterrupt:
+        rec.verdict = Verdict(INTERRUPTED, "interrupted during the post-run checks", "interrupted")
+    rec.durations["total_s"] = round(time.monotonic() - t0, 3)
+    if rec.batch is not None:
+        rec.batch.flaky = rec.outcome == PASS and rec.batch.attempt > 1
+    results.write_record(rec)
+    progress.finished(sc.name, rec.verdict, rec.metrics, rel(run_dir), rel(sc.path))
+    return rec
 
 
-def _build(plan: Plan, opts: RunOptions, progress: Progress, run_dir: Path, data: dict):
+def _after(plan, rec, outcome, steps_verdict, console, helpers, opts) -> None:
+    """Metrics, the devices' findings, the post-run checks and the judge.  ``helpers``:
+    device index -> its helper, or None when QEMU never started (nothing to collect)."""
+    lines = console.lines if console is not None else []
+    m = metrics.boot_metrics(lines, plan.scenario.ready) if console is not None else {}
+    if outcome.idle_windows:
+        m["cpu_idle"] = min(w.idle for w in outcome.idle_windows)
+        m["wakeups_per_s"] = max(w.wakeups_per_s for w in outcome.idle_windows)
+    findings: list[Finding] = []
+    ctx = AfterContext(plan, rec.run_dir, lines, steps_verdict.outcome)
+    for i, spec in enumerate(plan.devices if helpers is not None else ()):
+        ctx.helper = helpers.get(i)
+        findings += kind_of(spec).after(spec, ctx)
+    if steps_verdict.outcome == PASS and not any(f.outcome == ERROR for f in findings):
+        t_check = time.monotonic()
+        for c in plan.checks:
+            found = chk.CHECKS[c.kind].run_post(c.spec, ctx)
+            found.line = found.line or c.line
+            findings.append(found)
+            rec.checks.append(CheckResult(c.kind, found.outcome, found.reason))
+        if plan.checks:
+            rec.durations["gpu_check_s"] = round(time.monotonic() - t_check, 3)
+    m.update(ctx.metrics)
+    m.update(outcome.recorded)
+    rec.metrics = m
+    rec.sections.update(ctx.sections)
+    rec.artifacts.update(ctx.artifacts)
+    rec.idle_windows = [w.to_json() for w in outcome.idle_windows]
+    rec.steps = [r.to_json() for r in outcome.results]
+    rec.limits = [check_limit(lim, m.get(lim.metric)) for lim in plan.scenario.limits]
+    rec.verdict = judge(steps_verdict, findings, rec.limits)
+    if not opts.keep_disks:
+        for name, path in list(rec.artifacts.items()):
+            if name.endswith(".disk"):
+                (rec.run_dir / path).unlink(missing_ok=True)
+                del rec.artifacts[name]
+    for name in ("serial.log", "qemu.log", "qemu.stderr", "image-size.txt"):
+        if (rec.run_dir / name).exists():
+            rec.artifacts[name] = name
+    rec.artifacts["run.json"] = "run.json"
+    rec.artifacts["junit.xml"] = "junit.xml"
+
+
+def _build(plan: Plan, opts: RunOptions, progress: Progress, rec: RunRecord):
     img = image.build(plan.recipe, cache_root=opts.cache_root, log=progress.build)
-    (run_dir / "image-size.txt").write_text(img.size.format() + "\n")
-    data["image"] = {
+    (rec.run_dir / "image-size.txt").write_text(img.size.format() + "\n")
+    rec.image = {
         "key": img.key,
         "version": img.version,
         "cached": img.cached,
@@ -166,9 +209,9 @@ def _build(plan: Plan, opts: RunOptions, progress: Progress, run_dir: Path, data
     return img
 
 
-def _machine_config(plan: Plan, img, run_dir: Path, opts: RunOptions, data: dict):
-    att = attach(list(plan.devices), run_dir)
-    data["artifacts"].update({k: v.name for k, v in att.files.items()})
+def _machine_config(plan: Plan, img, run_dir: Path, rec: RunRecord, helpers) -> MachineConfig:
+    att = attach(list(plan.devices), run_dir, helpers)
+    rec.artifacts.update({k: v.name for k, v in att.files.items()})
     p = plan.profile
     return MachineConfig(
         name=plan.scenario.name,
@@ -187,68 +230,6 @@ def _machine_config(plan: Plan, img, run_dir: Path, opts: RunOptions, data: dict
     )
 
 
-def _finish(
-    scenario: Scenario,
-    plan: Plan,
-    opts: RunOptions,
-    run_dir: Path,
-    data: dict,
-    outcome: Outcome,
-    verdict: Verdict,
-    console,
-    img,
-    t0: float,
-) -> None:
-    """Metrics, limits, and every results file -- whatever the verdict."""
-    m: dict = {}
-    if console is not None:
-        m.update(metrics.boot_metrics(console.lines, scenario.ready))
-    if outcome.idle_windows:
-        m["cpu_idle"] = min(w.idle for w in outcome.idle_windows)
-        m["wakeups_per_s"] = max(w.wakeups_per_s for w in outcome.idle_windows)
-    m.update((data.get("gpu") or {}).get("metrics", {}))
-    m.update(outcome.recorded)
-    data["metrics"] = m
-    data["idle_windows"] = [w.to_json() for w in outcome.idle_windows]
-    data["steps"] = [r.to_json() for r in outcome.results]
-    limits = []
-    for lim in scenario.limits:
-        value = m.get(lim.metric)
-        ok, detail = _check_limit(lim, value)
-        limits.append(
-            {
-                "metric": lim.metric,
-                "min": lim.min,
-                "max": lim.max,
-                "value": value,
-                "ok": ok,
-                "detail": detail,
-            }
-        )
-    data["limits"] = limits
-    bad = [x for x in limits if not x["ok"]]
-    if verdict.outcome == PASS and bad:
-        verdict.outcome, verdict.category = FAIL, "metric"
-        verdict.reason = "metric limit not met: " + "; ".join(x["detail"] for x in bad)
-        line = next((lim.line for lim in scenario.limits if lim.metric == bad[0]["metric"]), None)
-        verdict.step_label, verdict.step_line = "metrics", line
-    if not opts.keep_disks:
-        for name, path in list(data["artifacts"].items()):
-            if name.endswith(".disk"):
-                (run_dir / path).unlink(missing_ok=True)
-                del data["artifacts"][name]
-    for name in ("serial.log", "qemu.log", "qemu.stderr", "image-size.txt"):
-        if (run_dir / name).exists():
-            data["artifacts"][name] = name
-    data["verdict"] = verdict.to_json()
-    data["exit_code"] = verdict.exit_code
-    data["durations"]["total_s"] = round(time.monotonic() - t0, 3)
-    data["artifacts"]["run.json"] = "run.json"
-    data["artifacts"]["junit.xml"] = "junit.xml"
-    results.write_json(run_dir / "run.json", data)
-    results.write_junit(run_dir / "junit.xml", data)
-
-
 def _kvm_stats(machine: QemuMachine) -> dict | None:
     """KVM's per-vCPU exit counters summed at the end of the run (None if unavailable)."""
     if machine.poll() is not None or machine.qmp is None or not machine.qmp.connected:
@@ -265,18 +246,6 @@ def _kvm_stats(machine: QemuMachine) -> dict | None:
     return out
 
 
-def _check_limit(lim, value) -> tuple[bool, str]:
-    if value is None:
-        return False, f"{lim.metric} was not measured (no data for it in this run)"
-    if not isinstance(value, (int, float)):
-        return False, f"{lim.metric} = {value!r} is not a number"
-    if lim.min is not None and value < lim.min:
-        return False, f"{lim.metric} = {value:g} is below min {lim.min:g}"
-    if lim.max is not None and value > lim.max:
-        return False, f"{lim.metric} = {value:g} is above max {lim.max:g}"
-    return True, f"{lim.metric} = {value:g} within limits"
-
-
 def _where(outcome: Outcome) -> dict:
     running = next((r for r in outcome.results if r.status == "running"), None)
     if running is None:
@@ -289,10 +258,3 @@ def _tail(console: Console | None) -> list[str]:
     if console is None:
         return []
     return [f"{ln.t * 1000:11.3f} {ln.text}" for ln in console.tail(20)]
-
-
-def _rel(p: Path) -> str:
-    try:
-        return str(Path(p).resolve().relative_to(Path.cwd()))
-    except ValueError:
-        return str(p)

@@ -56,3 +56,11 @@ class StepFailed(Exception):
 
 def worst(outcomes: list[str]) -> str:
     return max(outcomes, key=SEVERITY.index) if outcomes else PASS
+
+
+def is_flaky(final: list[tuple[str, bool]]) -> bool:
+    """The flaky rule, for the final attempts (outcome, passed-only-on-a-retry) of one
+    scenario/profile: a pass only on a retry, or repeats that disagree (some pass, some
+    not).  The batch summary and the nightly comparison both use this one."""
+    outcomes = {o for o, _ in final if o != INTERRUPTED}
+    return any(f for _, f in final) or (PASS in outcomes and len(outcomes) > 1)

@@ -35,6 +35,16 @@ void pic_init(void)
 // the CPU halts, so a byte that arrived while we were busy still wakes us.
 u64 idle(void)
 {
+#if PXOS_SPIN_IDLE
+    // The CPU-idle metric's negative control (scenario `image: {spin_idle: true}`):
+    // wait with interrupts open but without halting, so the vCPU never idles.  A
+    // short spin then return, as a spurious wake-up would: every caller loops.
+    asm volatile("sti");
+    for (int i = 0; i < 256; i++)
+        asm volatile("pause");
+    asm volatile("cli");
+    return rdtsc();  // nothing is accounted as halted: the CPU was busy
+#endif
     u64 t = rdtsc();
     asm volatile("sti; hlt; cli");
     u64 now = rdtsc();

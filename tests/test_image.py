@@ -105,10 +105,18 @@ def test_pvh_note_points_at_the_32bit_entry(img):
 
 def test_size_report_and_metadata(img):
     s = img.size
-    assert s.counted == s.text + s.rodata + s.data
+    # What is held to the budget is what is loaded: kernel.bin, the PT_LOAD file size.
+    assert s.counted == len(img.flat.read_bytes())
+    assert s.counted == s.text + s.rodata + s.data + s.padding and 0 <= s.padding < 64
     assert 0 < s.counted <= s.budget == image.read_budget()
+    with open(img.elf, "rb") as f:
+        loads = [g for g in ELFFile(f).iter_segments() if g["p_type"] == "PT_LOAD"]
+        assert s.counted == sum(g["p_filesz"] for g in loads)
+    assert s.note == 24  # the PVH note: counted apart, it is in no loaded segment
+    report = s.format()
+    assert f"loaded   {s.counted:6d}" in report and f"padding  {s.padding:6d}" in report
+    assert "PVH note" not in report.split("rodata")[1].split("\n")[0]
     assert s.bss > 6 * 4096  # stack, IDT and the PVH page tables are not counted
-    assert "counted" in s.format() and str(s.counted) in s.format()
     assert img.version == image.read_version()
     assert re.fullmatch(r"\d+\.\d+\.\d+", img.version)
     meta = (img.dir / "image.json").read_text()

@@ -108,10 +108,13 @@ def test_bad_program_same_error(name):
     assert_same_state(exs)
     faults = logs[0][0][1]
     assert [f.code for f in faults] == [code, code] and faults[0].pc == pc
-    msgs = [fault_message(f, ex.program) for ex in exs for f in [logs[0][0][1][0]]]
+    # Each backend's own fault, rendered against its own program: numpy's and wgpu's.
+    msgs = [fault_message(log[0][1][0], ex.program) for ex, log in zip(exs, logs, strict=True)]
     x, y = prog.xy(pc)
-    assert f"thread 0: pc {pc} (pixel x={x}, y={y})" in msgs[0]
-    assert text in msgs[0], msgs[0]
+    for backend, msg in zip(("numpy", "wgpu"), msgs, strict=True):
+        assert f"thread 0: pc {pc} (pixel x={x}, y={y})" in msg, (backend, msg)
+        assert text in msg, (backend, msg)
+    assert msgs[0] == msgs[1]
     assert logs[0][0][1] == logs[1][0][1]
 
 

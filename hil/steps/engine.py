@@ -1,6 +1,6 @@
 """The step engine: runs a scenario's steps against a live machine and decides the verdict.
 
-Every wait goes through ``_watch``: it reads console lines until the step is satisfied,
+Every wait goes through ``watch``: it offers console lines until the step is satisfied,
 checking each line against the scenario's ``fail_on`` patterns (an exception report fails
 the run the moment it appears), the step's own timeout and the scenario's overall
 deadline.  When QEMU exits, the exit is explained (kernel shutdown, exception vector,
@@ -14,14 +14,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from . import pcicheck
-from .console import Console, ConsoleClosed, Line
-from .errors import InfraError
-from .machine import QemuMachine
-from .metrics import IdleProbe, IdleWindow
-from .scenario import RECORD_TYPES, Check, Exit, Expect, Idle, Lines, Pattern, Scenario, Send, Step
-from .verdict import FAIL, TIMEOUT, StepFailed, Verdict
+from ..console import Console, ConsoleClosed, Line
+from ..errors import InfraError
+from ..metrics import IdleProbe, IdleWindow
+from ..pattern import Pattern
+from ..target import Monitor, Power
+from ..verdict import FAIL, TIMEOUT, StepFailed, Verdict
+from .base import STEPS, Step
+
+if TYPE_CHECKING:
+    from ..scenario import Scenario
 
 EVIDENCE_LINES = 20
 
@@ -119,186 +123,116 @@ _EXC_LINE = re.compile(r"^!EXC vec=([0-9a-f]+)")
 
 
 class StepRunner:
+    """Runs a scenario's steps against a live machine, through its protocols."""
+
     def __init__(
         self,
         scenario: Scenario,
-        machine: QemuMachine,
+        power: Power,
         console: Console,
         accel: str,
+        monitor: Monitor | None = None,
         on_step: Callable[[StepResult], None] = lambda r: None,
         watchdogs: list[Callable[[], None]] | None = None,
+        plan=None,
     ):
         self.sc = scenario
+        self.plan = plan
         # Called between console reads; each raises (InfraError) if a helper process of
         # the machine -- the vGPU bridge -- died.
         self.watchdogs = watchdogs or []
-        self.m = machine
-        self.c = console
+        self.power = power
+        self.monitor = monitor
+        self.console = console
         self.accel = accel
         self.on_step = on_step
-        self.deadline = machine.launched + scenario.timeout
+        self.deadline = power.launched + scenario.timeout
         self.out = Outcome([StepResult(s) for s in scenario.steps])
         self._probe: IdleProbe | None = None
-        self._current: StepResult | None = None
+        # Console lines before ``cursor`` were consumed by a step that matched them; the
+        # lines after it stay available to the next step whatever ran in between (an
+        # idle window, a send, a check only look).  ``checked``: lines fail_on has seen.
+        self.cursor = 0
+        self.checked = 0
 
     # -- the driver -----------------------------------------------------------
     def run(self) -> Outcome:
         """Runs every step; raises StepFailed with the verdict on the first failure."""
         for res in self.out.results:
-            self._current = res
-            res.started = self.c.now()
+            res.started = self.console.now()
             res.status = "running"
             self.on_step(res)
             try:
-                res.detail = self._dispatch(res.step) or ""
+                res.detail = STEPS[res.step.kind].run(res.step, self) or ""
                 res.status = "passed"
             except StepFailed as f:
                 res.status = "timeout" if f.verdict.outcome == TIMEOUT else "failed"
                 res.detail = f.verdict.reason
                 raise
             finally:
-                res.duration = self.c.now() - res.started
+                res.duration = self.console.now() - res.started
                 self.on_step(res)
         return self.out
 
-    def _dispatch(self, step: Step) -> str | None:
-        match step:
-            case Expect():
-                return self._expect(step)
-            case Lines():
-                return self._lines(step)
-            case Send():
-                self.c.send_line(step.text)
-                return f"sent {step.text!r}"
-            case Idle():
-                return self._idle(step)
-            case Exit():
-                return self._exit(step)
-            case Check():
-                return self._check_pci(step)
-        raise AssertionError(step)
+    def idle_probe(self) -> IdleProbe:
+        if self._probe is None:
+            self._probe = IdleProbe(self.monitor, self.power.pid, self.accel)
+        return self._probe
 
     # -- waiting on the console --------------------------------------------------
-    def _watch(
+    def watch(
         self,
         step: Step,
         accept: Callable[[Line], bool],
         waiting_for: str,
         seconds: float | None = None,
+        consume: bool = True,
+        exit_ok: bool = False,
     ) -> Line | None:
-        """Read lines until ``accept`` says yes; ``seconds`` set means a fixed window
-        (returns None when it ends).  fail_on, timeouts and QEMU's exit end it early."""
+        """Offer lines to ``accept`` -- first those not yet consumed, then new ones --
+        until it says yes; ``seconds`` set means a fixed window (returns None when it
+        ends).  ``consume``: the accepted line and those before it are used up.
+        fail_on, timeouts and QEMU's exit end it early (``exit_ok``: the exit is raised
+        as ``Exited`` for the caller to judge, instead of failing the step)."""
         start = time.monotonic()
         step_end = start + (seconds if seconds is not None else step.timeout)
         end = min(step_end, self.deadline)
+        i = self.cursor
         while True:
-            left = end - time.monotonic()
-            if left <= 0:
-                if seconds is not None and end == step_end:
-                    return None
-                self._timed_out(step, waiting_for, overall=end < step_end)
-            self.m.release_console()
-            for check in self.watchdogs:
-                check()
-            try:
-                line = self.c.read_line(min(left, 0.5))
-            except ConsoleClosed:
-                self._machine_gone(step, waiting_for)
-            if line is None:
-                continue
-            if accept(line):
-                return line
-            for pat in self.sc.fail_on:
-                if pat.search(line.text):
-                    self._fail_on(step, pat, line)
-
-    def _expect(self, step: Expect) -> str:
-        line = self._watch(
-            step, lambda ln: bool(step.pattern.search(ln.text)), f"a line matching {step.pattern}"
-        )
-        if step.record:
-            m = step.pattern.search(line.text)
-            for group, typ in step.record:
-                raw = m.group(group)
+            if i < len(self.console.lines):
+                line = self.console.lines[i]
+            else:
+                left = end - time.monotonic()
+                if left <= 0:
+                    if seconds is not None and end == step_end:
+                        return None
+                    self._timed_out(step, waiting_for, overall=end < step_end)
+                self.power.release_console()
+                for check in self.watchdogs:
+                    check()
                 try:
-                    self.out.recorded[group] = RECORD_TYPES[typ](raw)
-                except (TypeError, ValueError):
-                    self._fail(
-                        step,
-                        f"recorded value {group}={raw!r} is not of type {typ}",
-                        "record",
-                        str(step.pattern),
-                    )
-        return f"matched at {line.t * 1000:.1f} ms: {line.text}"
-
-    def _lines(self, step: Lines) -> str:
-        left: list[Pattern] = list(step.patterns)
-
-        def accept(ln: Line) -> bool:
-            candidates = left[:1] if step.ordered else left
-            for pat in candidates:
-                if pat.search(ln.text):
-                    left.remove(pat)
-                    return not left
-            return False
-
-        what = "these lines in order: " if step.ordered else "all of these lines: "
-        self._watch(step, accept, what + ", ".join(map(str, left)))
-        return f"all {len(step.patterns)} lines seen"
-
-    def _idle(self, step: Idle) -> str:
-        self.m.wait_started(5)
-        if self._probe is None:
-            self._probe = IdleProbe(self.m.qmp, self.m.pid, self.accel)
-        first = self._probe.sample()
-        self._watch(step, lambda ln: False, "the idle window to end", seconds=step.seconds)
-        window = self._probe.window(first, self._probe.sample())
-        self.out.idle_windows.append(window)
-        return (
-            f"{window.idle * 100:.2f} % idle over {window.seconds:.3f} s "
-            f"({window.method}), {window.wakeups_per_s:.1f} wake-ups/s"
-        )
-
-    def _exit(self, step: Exit) -> str:
-        try:
-            self._watch(step, lambda ln: False, f"QEMU to exit with status {step.status}")
-        except _Exited as e:
-            if e.status == step.status:
-                return f"QEMU exited with status {e.status}: {e.sentence}"
-            self._fail(
-                step,
-                f"QEMU exited with status {e.status}, expected {step.status}: {e.sentence}",
-                "unexpected-exit",
-                f"exit {step.status}",
-            )
-        raise AssertionError("unreachable")
-
-    def _check_pci(self, step: Check) -> str:
-        # The listing ends with '@stage pci'; an earlier step may already have read it.
-        if not any(ln.text.startswith("@stage pci") for ln in self.c.lines):
-            self._watch(
-                step,
-                lambda ln: ln.text.startswith("@stage pci"),
-                "'@stage pci' (the end of the kernel's PCI listing)",
-            )
-        self.m.wait_started(5)
-        kernel = pcicheck.parse_kernel(self.c.lines)
-        qemu = pcicheck.parse_qmp(self.m.qmp.cmd("query-pci"))
-        problems = pcicheck.compare(kernel, qemu)
-        if problems:
-            self._fail(
-                step,
-                "the kernel's PCI listing differs from QMP query-pci: " + "; ".join(problems),
-                "pci-mismatch",
-                "check: pci",
-            )
-        return f"{len(kernel)} functions agree with QMP query-pci"
+                    line = self.console.read_line(min(left, 0.5))
+                except ConsoleClosed:
+                    self._machine_gone(step, waiting_for, exit_ok)
+                if line is None:
+                    continue
+            i += 1
+            if accept(line):  # the line a step waits for wins over fail_on
+                self.checked = max(self.checked, i)
+                if consume:
+                    self.cursor = i
+                return line
+            if i > self.checked:
+                self.checked = i
+                for pat in self.sc.fail_on:
+                    if pat.search(line.text):
+                        self._fail_on(step, pat, line)
 
     # -- failures ---------------------------------------------------------------
     def _evidence(self) -> list[str]:
-        return [f"{ln.t * 1000:11.3f} {ln.text}" for ln in self.c.tail(EVIDENCE_LINES)]
+        return [f"{ln.t * 1000:11.3f} {ln.text}" for ln in self.console.tail(EVIDENCE_LINES)]
 
-    def _fail(
+    def fail(
         self, step: Step, reason: str, category: str, pattern: str, outcome: str = FAIL
     ) -> None:
         raise StepFailed(
@@ -316,7 +250,7 @@ class StepRunner:
 
     def _timed_out(self, step: Step, waiting_for: str, overall: bool) -> None:
         if overall:
-            self._fail(
+            self.fail(
                 step,
                 f"the scenario's {self.sc.timeout:g} s timeout expired while "
                 f"waiting for {waiting_for}",
@@ -324,7 +258,7 @@ class StepRunner:
                 waiting_for,
                 TIMEOUT,
             )
-        self._fail(
+        self.fail(
             step,
             f"no {waiting_for.removeprefix('a ')} within {step.timeout:g} s"
             if waiting_for.startswith("a line")
@@ -335,11 +269,11 @@ class StepRunner:
 
     def _fail_on(self, step: Step, pat: Pattern, line: Line) -> None:
         # Let the rest of a multi-line report arrive, then explain how QEMU ended.
-        self.c.drain(0.3)
-        status = self.m.wait_exit(1.0)
+        self.console.drain(0.3)
+        status = self.power.wait_exit(1.0)
         extra = ""
         if status is not None:
-            cat, sentence = explain_exit(status, self._events(), self.m.log_path)
+            cat, sentence = explain_exit(status, self._events(), self.power.log_path)
             extra = f"; {sentence}"
         m = _EXC_LINE.match(line.text)
         category = "guest-exception" if m else "fail_on"
@@ -348,34 +282,34 @@ class StepRunner:
             if m
             else "a fail_on pattern matched"
         )
-        self._fail(
+        self.fail(
             step, f"{what}: {line.text!r} at {line.t * 1000:.1f} ms{extra}", category, str(pat)
         )
 
     def _events(self) -> list[dict]:
-        return [e for _, e in self.m.qmp.events()] if self.m.qmp else []
+        return [e for _, e in self.monitor.events()] if self.monitor else []
 
-    def _machine_gone(self, step: Step, waiting_for: str) -> None:
-        status = self.m.wait_exit(2.0)
+    def _machine_gone(self, step: Step, waiting_for: str, exit_ok: bool) -> None:
+        status = self.power.wait_exit(2.0)
         if status is None:
             raise InfraError("the serial console closed but QEMU is still running")
-        if not self.c.lines and self.m.stderr_tail():
+        if not self.console.lines and self.power.stderr_tail():
             # Nothing from the guest, a complaint from QEMU: it never got going
             # (bad option, KVM unusable, missing file).  Not the system under test.
             raise InfraError(
-                f"QEMU exited during start-up (status {status}): {self.m.stderr_tail()}"
+                f"QEMU exited during start-up (status {status}): {self.power.stderr_tail()}"
             )
-        category, sentence = explain_exit(status, self._events(), self.m.log_path)
+        category, sentence = explain_exit(status, self._events(), self.power.log_path)
         self.out.qemu_exit = status
         self.out.exit_explained = sentence
-        if isinstance(step, Exit):
-            raise _Exited(status, sentence)
-        self._fail(
+        if exit_ok:
+            raise Exited(status, sentence)
+        self.fail(
             step, f"QEMU exited while waiting for {waiting_for}: {sentence}", category, waiting_for
         )
 
 
-class _Exited(Exception):
+class Exited(Exception):
     def __init__(self, status: int, sentence: str):
         super().__init__(sentence)
         self.status, self.sentence = status, sentence

@@ -1,0 +1,17 @@
+"""Checks: one file per check kind, registered with ``CHECKS`` (hil/checks/base.py)."""
+
+from __future__ import annotations
+
+from . import gpu_reference, pci  # noqa: F401  (each registers its kind)
+from .base import CHECKS, CheckKind
+
+
+def live_names() -> list[str]:
+    return [k.name for k in CHECKS.kinds() if k.live]
+
+
+def post_names() -> list[str]:
+    return [k.name for k in CHECKS.kinds() if k.post]
+
+
+__all__ = ["CHECKS", "CheckKind", "live_names", "post_names"]

@@ -1,0 +1,145 @@
+"""nvme: QEMU's NVMe controller (1b36:0010) with a disk made for the run.
+
+- nvme: {size: 64M, fill: lba, serial: PXNVME0}   # a fresh disk
+- nvme: {file: disks/fs.img}                       # copy-on-write over a file
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import qemuopt
+from ..errors import UserError
+from ..pattern import Pattern
+from ..steps.patterns import parse_pattern
+from . import disk
+from .base import AfterContext, AttachContext, DeviceKind, Finding, PciId
+from .registry import DEVICES
+
+ID = PciId(0x1B36, 0x0010, 0x010802)
+SERIAL = re.compile(r"[A-Za-z0-9 ._:-]{1,20}")  # NVMe's SN field: 20 ASCII characters
+
+
+@dataclass(frozen=True)
+class Nvme:
+    size: int | None = None  # bytes of a fresh disk
+    fill: str = "zero"  # zero | lba | 0xNN
+    file: Path | None = None  # or a copy-on-write overlay over this file
+    serial: str = ""
+    errors_allowed: tuple[Pattern, ...] = ()  # QEMU trace lines that do not fail the run
+    behind_root_port: bool = False
+    kind = "nvme"
+
+
+@DEVICES.register
+class NvmeKind(DeviceKind):
+    name = "nvme"
+    keys = ("size", "fill", "file", "serial", "errors_allowed")
+    spec = Nvme
+    TRACES = ("pci_nvme_err_", "pci_nvme_ub_")
+
+    def parse(self, f, ctx):
+        allowed = self._allowed(f, ctx)
+        if allowed is None:
+            return None
+        spec = self._disk(f, ctx)
+        return dataclasses.replace(spec, errors_allowed=allowed) if spec else None
+
+    def _allowed(self, f, ctx) -> tuple | None:
+        items = f.get(
+            "errors_allowed", list, [], example="errors_allowed: [pci_nvme_err_invalid_lba_range]"
+        )
+        if items is None:
+            return None
+        pats = [
+            parse_pattern(ctx.problems, p, f"{f.path('errors_allowed')}[{j}]", items.lines[j])
+            for j, p in enumerate(items)
+        ]
+        return None if None in pats else tuple(pats)
+
+    def _disk(self, f, ctx):
+        file_raw = f.get("file", str, None, example="file: disks/test.img")
+        serial = f.get("serial", str, "", example="serial: PXNVME0")
+        if serial and not SERIAL.fullmatch(serial):
+            f.error(
+                "serial",
+                f"{serial[:40]!r} cannot be an NVMe serial number: 1 to 20 letters, digits, "
+                "spaces or '._:-' (the controller's 20-byte SN field).",
+            )
+            return None
+        if file_raw is not None:
+            if f.has("size") or f.has("fill"):
+                f.error(
+                    "file",
+                    "give either 'file' (an existing disk) or 'size'/'fill' (a fresh disk), "
+                    "not both.",
+                )
+                return None
+            path = (ctx.base_dir / file_raw).resolve()
+            what = "is not a regular file" if path.exists() else "does not exist"
+            if not path.is_file():
+                f.error(
+                    "file",
+                    f"{path} {what}. Fix the path (relative paths are relative to the YAML file).",
+                )
+                return None
+            return Nvme(file=path, serial=serial)
+        size, fill = disk.parse_fresh(f, "size", "fill", "16M")
+        return Nvme(size=size, fill=fill, serial=serial) if size else None
+
+    def plan(self, spec, profile):
+        if spec.file is not None:
+            # a broken backing chain, or a file that is no disk, is the user's to fix
+            if disk.image_format(spec.file) == "raw" and spec.file.stat().st_size % 512:
+                raise UserError(
+                    f"{spec.file}: a raw disk image is a whole number of 512-byte sectors; "
+                    f"this file has {spec.file.stat().st_size} bytes. Is it a disk image?"
+                )
+        return spec
+
+    def pci_ids(self, spec):
+        return [ID]
+
+    def attach(self, spec, ctx: AttachContext):
+        if spec.file is None:
+            path = ctx.file("disk", f"{ctx.name}.img")
+            disk.fresh(path, spec.size, spec.fill)
+            fmt = "raw"
+        else:
+            path = disk.overlay(spec.file, ctx.file("disk", f"{ctx.name}.qcow2"))
+            fmt = "qcow2"
+        serial = spec.serial or f"PXNVME{ctx.name.removeprefix('nvme')}"
+        ctx.add("-drive", qemuopt.props(file=path, id=ctx.name, format=fmt, **{"if": "none"}))
+        ctx.add("-device", qemuopt.opts("nvme", serial=serial, drive=ctx.name) + ctx.bus)
+        for prefix in self.TRACES:
+            ctx.once("-trace", f"{prefix}*")
+
+    def after(self, spec, ctx: AfterContext) -> list[Finding]:
+        """QEMU's error trace: every line no nvme device of the plan allows."""
+        if spec is not next(d for d in ctx.plan.devices if d.kind == "nvme"):
+            return []  # the trace is the machine's: judged once, by the first nvme
+        allowed = [p for d in ctx.plan.devices if d.kind == "nvme" for p in d.errors_allowed]
+        try:
+            with (ctx.run_dir / "qemu.log").open(errors="replace") as log:
+                bad = [
+                    ln.rstrip("\n")[:300]
+                    for ln in log
+                    if ln.startswith(self.TRACES) and not any(p.search(ln) for p in allowed)
+                ]
+        except OSError:
+            return []
+        if not bad:
+            return []
+        more = f" (and {len(bad) - 1} more in qemu.log)" if len(bad) > 1 else ""
+        return [
+            Finding(
+                "nvme",
+                "fail" if ctx.outcome == "pass" else "info",
+                f"QEMU's NVMe model reported an error the scenario does not allow: {bad[0]!r}{more}",
+                "device-error",
+                evidence=bad[:20],
+            )
+        ]

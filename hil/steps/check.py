@@ -1,0 +1,29 @@
+"""check: run a live check kind (hil/checks/) against the running machine.
+
+- check: pci          # the kernel's PCI listing equals QMP query-pci
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..checks import CHECKS, live_names
+from .base import STEPS, Step, StepKind
+
+
+@dataclass(frozen=True)
+class Check(Step):
+    what: str
+    kind = "check"
+
+
+@STEPS.register
+class CheckKind(StepKind):
+    name = "check"
+
+    def parse(self, f, common, ctx):
+        what = f.choice("check", live_names())
+        return Check(**common, what=what) if what else None
+
+    def run(self, step, engine):
+        return CHECKS[step.what].run_live(step, engine)

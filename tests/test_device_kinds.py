@@ -1,0 +1,102 @@
+"""Device kinds' own judgement, on real files: QEMU's NVMe error trace in qemu.log."""
+
+from __future__ import annotations
+
+import textwrap
+
+from hil.devices import DEVICES, AfterContext
+from hil.plan import make_plan
+from hil.scenario import load_scenario
+
+# Lines as QEMU 7.2's log trace backend writes them to the -D file.
+LOG = """\
+pci_nvme_ub_db_wr_invalid_sq submission queue doorbell write for nonexistent queue, sqid=5, ignoring
+pci_nvme_err_invalid_lba_range Invalid LBA start=4096 len=8 limit=4096
+"""
+
+
+def plan_with(tmp_path, nvme: str):
+    p = tmp_path / "s.yaml"
+    p.write_text(
+        textwrap.dedent(f"""\
+        profile: q35-tcg-bios
+        devices:
+          - nvme: {nvme}
+        steps:
+          - expect: '@stage ready'
+        """)
+    )
+    return make_plan(load_scenario(p))
+
+
+def findings(tmp_path, nvme: str, outcome: str = "pass"):
+    plan = plan_with(tmp_path, nvme)
+    (tmp_path / "qemu.log").write_text(LOG)
+    ctx = AfterContext(plan, tmp_path, [], outcome)
+    (spec,) = plan.devices
+    return DEVICES["nvme"].after(spec, ctx)
+
+
+def test_nvme_error_trace_fails_a_passing_run_and_is_quoted(tmp_path):
+    (f,) = findings(tmp_path, "{size: 1M}")
+    assert f.outcome == "fail" and f.category == "device-error"
+    assert "pci_nvme_ub_db_wr_invalid_sq submission queue doorbell" in f.reason
+    assert "(and 1 more in qemu.log)" in f.reason and len(f.evidence) == 2
+
+
+def test_allowed_trace_lines_do_not_fail(tmp_path):
+    allowed = "{size: 1M, errors_allowed: [pci_nvme_err_invalid_lba_range, {regex: 'sqid=5'}]}"
+    assert findings(tmp_path, allowed) == []
+
+
+def test_after_a_failed_run_the_trace_is_a_note(tmp_path):
+    (f,) = findings(tmp_path, "{size: 1M}", outcome="fail")
+    assert f.outcome == "info"
+
+
+def test_a_clean_log_finds_nothing(tmp_path):
+    plan = plan_with(tmp_path, "{size: 1M}")
+    (tmp_path / "qemu.log").write_text("pci_nvme_mmio_read addr 0x0 size 4\n")
+    (spec,) = plan.devices
+    assert DEVICES["nvme"].after(spec, AfterContext(plan, tmp_path, [], "pass")) == []
+
+
+def _passthrough(tmp_path, host):
+    from hil.cli import main
+
+    p = tmp_path / "pt.yaml"
+    p.write_text(
+        "profile: q35-tcg-pvh\ndevices:\n"
+        f"  - passthrough: {{host: '{host}', rom: false}}\n"
+        "steps:\n  - expect: '@stage ready'\n"
+    )
+    return p, main(["validate", str(p)])
+
+
+def test_passthrough_malformed_bdf_is_invalid_input(tmp_path, capsys):
+    p, code = _passthrough(tmp_path, "01:00,0,bus=x")
+    err = capsys.readouterr().err
+    assert code == 2 and f"{p}:3: devices[0].passthrough.host" in err
+    assert "is not a PCI address" in err and "Traceback" not in err
+
+
+def test_passthrough_of_a_function_the_host_lacks_is_invalid_input(tmp_path, capsys):
+    p, code = _passthrough(tmp_path, "0000:fe:1f.7")
+    err = capsys.readouterr().err
+    assert code == 2 and "this host has no PCI function 0000:fe:1f.7" in err
+
+
+def test_passthrough_plan_reads_the_host_identity(tmp_path):
+    """On this machine's real /sys (read only): the IDs the guest must see."""
+    from pathlib import Path
+
+    fns = sorted(Path("/sys/bus/pci/devices").glob("*"))
+    if not fns:
+        import pytest
+
+        pytest.skip("no PCI functions in /sys")
+    bdf = fns[0].name
+    plan = make_plan(load_scenario(_passthrough(tmp_path, bdf)[0]))
+    (spec,) = plan.devices
+    vendor = int((fns[0] / "vendor").read_text(), 16)
+    assert spec.ids[0].vendor == vendor and spec.host == bdf and spec.rom is False
