@@ -36,10 +36,7 @@ sys.path.insert(0, str(REPO))
 from hil import host  # noqa: E402
 from hil.vgpu import trace  # noqa: E402
 
-PROFILES = {
-    "tcg (irq)": (REPO / "tests" / "nvme" / "q35-tcg-vgpu-nvme.yaml", 1),
-    "kvm (poll)": (REPO / "tests" / "nvme" / "q35-kvm-vgpu-nvme.yaml", 0),
-}
+PROFILES = {"tcg (irq)": ("q35-tcg-vgpu", 1), "kvm (poll)": ("q35-kvm-vgpu", 0)}
 QDS = {1: (1, 1), 16: (2, 8)}
 SCENARIO = """\
 name: {name}
@@ -111,7 +108,7 @@ def analyse(run_dir: Path, reads: int) -> dict:
     }
 
 
-def run_one(tmp: Path, label: str, profile: Path, irq: int, qd: int, rounds: int) -> dict:
+def run_one(tmp: Path, label: str, profile: str, irq: int, qd: int, rounds: int) -> dict:
     workers, qdw = QDS[qd]
     name = f"nvme-bench-{'kvm' if 'kvm' in label else 'tcg'}-qd{qd}"
     prog = tmp / f"{name}.pxs"
