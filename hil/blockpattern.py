@@ -59,6 +59,19 @@ def checksum(data: bytes, acc: int = CSUM_INIT) -> int:
     return c
 
 
+FILL_SALT = 0x5EED0F11  # keeps a random fill distinct from the test pattern of the same seed
+SECTOR = 512
+
+
+def random_fill(seed: int, offset: int, length: int) -> bytes:
+    """A seeded pseudo-random disk fill: bytes [offset, offset + length) of it (both
+    multiples of 512).  Sector n holds pattern(seed ^ FILL_SALT, n, 512), so any part can
+    be regenerated alone -- by hil when it creates a disk, and by the disk check."""
+    if offset % SECTOR or length % SECTOR:
+        raise ValueError("a random fill is addressed in whole 512-byte sectors")
+    return pattern(seed ^ FILL_SALT, offset // SECTOR, SECTOR, length // SECTOR)
+
+
 @dataclass(frozen=True)
 class Mismatch:
     lba: int
@@ -78,12 +91,13 @@ def first_mismatch(
     lba_size: int,
     seed: int,
     written: list[tuple[int, int]],
-    untouched: bytes | None = None,
+    untouched=None,
     chunk_lbas: int = 2048,
 ) -> Mismatch | None:
     """Check a used disk image: the LBAs in `written` ([(first, count)], in any order)
-    must hold the pattern; every other LBA must equal `untouched` (the fill as it was
-    created: the original image's bytes, read from a copy) or, if None, be zero."""
+    must hold the pattern; every other LBA must equal the disk as it was created:
+    `untouched` is None (zeros), bytes (the original image), or a function (offset,
+    length) -> bytes that regenerates it (e.g. functools.partial(random_fill, seed))."""
     size = image.stat().st_size
     if size % lba_size:
         raise ValueError(f"{image}: {size} bytes is not a whole number of {lba_size}-byte LBAs")
@@ -102,9 +116,9 @@ def first_mismatch(
             if untouched is None:
                 want[~m] = 0
             else:
-                orig = np.frombuffer(
-                    untouched[first * lba_size : (first + n) * lba_size], dtype=np.uint8
-                ).reshape(n, lba_size)
+                lo, hi = first * lba_size, (first + n) * lba_size
+                raw = untouched(lo, hi - lo) if callable(untouched) else untouched[lo:hi]
+                orig = np.frombuffer(raw, dtype=np.uint8).reshape(n, lba_size)
                 want[~m] = orig[~m]
             bad = np.argwhere(got != want)
             if len(bad):

@@ -86,3 +86,22 @@ def test_first_mismatch_names_the_lba_and_byte(tmp_path):
     data[40 * 512] = 1  # outside the written ranges: must be untouched (zero)
     img.write_bytes(bytes(data))
     assert bp.first_mismatch(img, 512, 9, [(10, 4)]) == bp.Mismatch(40, 0, 0, 1)
+
+
+def test_random_fill_is_seekable_and_checked(tmp_path):
+    import functools
+
+    full = bp.random_fill(7, 0, 64 * 512)
+    assert bp.random_fill(7, 10 * 512, 3 * 512) == full[10 * 512 : 13 * 512]
+    assert full != bp.random_fill(8, 0, 64 * 512) and full[:512] != bp.pattern(7, 0, 512)
+    data = bytearray(full)
+    data[2 * 4096 : 3 * 4096] = bp.pattern(7, 2, 4096)  # LBA 2 of a 4 KiB-LBA disk
+    img = tmp_path / "r.img"
+    img.write_bytes(bytes(data))
+    fill = functools.partial(bp.random_fill, 7)
+    assert bp.first_mismatch(img, 4096, 7, [(2, 1)], untouched=fill) is None
+    assert bp.first_mismatch(img, 4096, 7, [(2, 1)]).lba == 0  # "zeros" is wrong here
+    data[40 * 512 + 5] ^= 1
+    img.write_bytes(bytes(data))
+    m = bp.first_mismatch(img, 4096, 7, [(2, 1)], untouched=fill)
+    assert (m.lba, m.offset) == (5, 5)
