@@ -76,7 +76,7 @@ isr_common:
         add     edi, 0x20
         jmp     qexit
 
-; --- idt_init(): point vectors 0-31 into the sled, 0x20-0x28 at irq_stub ----
+; --- idt_init(): vectors 0-31 into the sled, 0x20-0x2F at irq_stub, 0x30-0x3F irq_iret
 ; 64-bit interrupt gates, 16 bytes each: offset 15:0 and selector 0x10
 ; (64-bit code), then type 0x8E (present, DPL 0, interrupt gate) and offset
 ; 31:16.  The kernel lives below 4 GiB, so the upper 8 bytes (offset 63:32)
@@ -95,12 +95,15 @@ idt_init:
         cmp     edi, idt + 32 * 16
         jb      .gate
         mov     edx, irq_stub           ; from vector 0x20 on
+        cmp     edi, idt + 0x30 * 16
+        jb      .gate
+        mov     edx, irq_iret           ; 0x30-0x3F: device vectors, no EOI
         cmp     edi, idt_end
         jb      .gate
         lidt    [rel idtr]
         ret
 
-; Hardware interrupts (PIC vectors 0x20-0x27, the vGPU's MSI-X 0x28).  The
+; Hardware interrupts (PIC vectors 0x20-0x27, the vGPU's MSI-X 0x28; 0x29-0x2F unused).  The
 ; idle loop polls the devices after every wake-up, so an interrupt only has to
 ; end the `hlt`.  The PIC runs in auto-EOI mode; an MSI goes through the local
 ; APIC, which wants an EOI (harmless when nothing is in service).
@@ -109,6 +112,9 @@ irq_stub:
         mov     eax, 0xFEE000B0         ; local APIC EOI register
         mov     dword [rax], 0
         pop     rax
+; Device interrupts (VG_DEV_VECTOR 0x30-0x3F, routed for the GPU) enter here:
+; no EOI, so the APIC's in-service bit tells vgpu_poll which one it was.
+irq_iret:
         iretq
 
 ; --- copy(dst, src, n): memcpy in three instructions -----------------------
@@ -217,7 +223,7 @@ idtr:   dw      idt_end - idt - 1
         align   16
         resb    4096
 stack_top:
-idt:    resb    0x29 * 16               ; exceptions, PIC 0x20-0x27, MSI-X 0x28 (vgpu_layout.h)
+idt:    resb    0x40 * 16               ; exceptions, PIC 0x20-0x27, MSI-X 0x28, devices 0x30-0x3F
 idt_end:
 
 ; PVH page tables: six pages, outside .bss (the linker script puts them last;

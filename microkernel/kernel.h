@@ -50,6 +50,7 @@ void pci_scan(void);
 // vgpu.c
 struct vg_payload;
 extern u64 served, wakes;
+extern struct vg_boot boot;             // what the GPU's program learns (docs/drivers.md)
 void broker_allow(u64 base, u64 size, int io);
 void vgpu_attach(u64 bar0, u64 bar2, u64 size);
 void vgpu_start(const struct vg_payload *p, u64 size);

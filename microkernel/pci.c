@@ -8,7 +8,8 @@
 // nothing.  So a BAR that reads 0 gets an address from a bump allocator in the
 // 32-bit PCI hole, and a bridge gets windows around what we placed behind it.
 // Either way every function ends with memory + I/O decode and bus mastering
-// on (later drivers DMA).
+// on (later drivers DMA), and the first VG_MAX_FUNCS are listed in the boot
+// info the GPU's program reads.
 #include "kernel.h"
 #include "vgpu_layout.h"
 
@@ -97,19 +98,26 @@ static void bridge(void)
     }
 }
 
-// MSI-X entry 0 -> the boot CPU's local APIC, vector VG_IRQ_VECTOR; then
-// enable MSI-X.  The table lives in the BAR its capability names.
-static void msix(const u64 *bar)
+// MSI-X entry 0 -> the boot CPU's local APIC, IDT vector `vector`; then enable
+// MSI-X.  The table lives in the BAR its capability names: BIR 6 and 7 are
+// reserved, and the 16-byte entry must lie inside that BAR and below 4 GiB
+// (the identity map) -- a device's word is checked like the GPU's.  Called
+// only when every BAR got an address.
+static void msix(struct vg_func *f, u32 vector)
 {
     for (u32 p = cfg(0x34), c; (p &= 0xFC); p = c >> 8)
         if ((u8)(c = cfg(p)) == 0x11) {
-            u32 t = cfg(p + 4);                 // table offset | BAR index
-            volatile u32 *e = (void *)(bar[t & 7] + (t & ~7));
+            u32 t = cfg(p + 4), i = t & 7;      // table offset | BAR index
+            u64 b = f->bar[i], off = t & ~7;
+            if (i > 5 || off + 16 > f->size[i] || (b + off + 15) >> 32)
+                return;
+            volatile u32 *e = (void *)(b + off);
             e[0] = 0xFEE00000;                  // message address: APIC ID 0
             e[1] = 0;
-            e[2] = VG_IRQ_VECTOR;               // message data: fixed delivery, this vector
+            e[2] = vector;                      // message data: fixed delivery, this vector
             e[3] = 0;                           // unmasked
             cfg_set(p, 1u << 31);               // message control: enable, function unmasked
+            f->irq = vector;
             return;
         }
 }
@@ -121,7 +129,16 @@ static void msix(const u64 *bar)
 static void function(u32 id, u32 type)
 {
     u32 cmd = cfg(4), on = 7;       // on: I/O + memory decode, bus master
-    static u64 bar[6], bar_size[6];  // this function's BARs (0: none), for the vGPU
+    // Its entry in the boot info the GPU gets (docs/drivers.md); past the
+    // table's end, a scratch entry nobody sees.
+    static struct vg_func spare;
+    u32 k = boot.nfunc;
+    struct vg_func *f = &spare;
+    if (k < VG_MAX_FUNCS)
+        f = &boot.func[boot.nfunc++];
+    f->bdf = cur;
+    f->id = id;
+    f->classcode = cfg(8);
     cfg_set(4, cmd & ~3);           // decode off while BARs hold all-ones
     ident("pci", id);
     for (u32 off = 0x10; off < (type ? 0x18 : 0x28); off += 4) {   // a bridge has two BARs
@@ -149,16 +166,18 @@ static void function(u32 id, u32 type)
             if (id != IVSHMEM)
                 broker_allow(base, size, io);
         }
-        bar[(off - 0x10) / 4] = base;
-        bar_size[(off - 0x10) / 4] = size;
+        f->bar[(off - 0x10) / 4] = base;
+        f->size[(off - 0x10) / 4] = size;
         off += 4 * wide;
     }
     cfg_set(4, cmd | on);
     kputc('\n');
-    if (id == IVSHMEM && on) {
-        msix(bar);
-        vgpu_attach(bar[0], bar[2], bar_size[2]);
-    }
+    // The vGPU's interrupt wakes the broker; another device's becomes an event
+    // for the GPU (source IRQ, data = its index in the boot info).
+    if (on && k < VG_MAX_FUNCS)
+        msix(f, id == IVSHMEM ? VG_IRQ_VECTOR : VG_DEV_VECTOR + k);
+    if (id == IVSHMEM && on)
+        vgpu_attach(f->bar[0], f->bar[2], f->size[2]);
     if (cfg(8) >> 24 == 3) {
         ident("gpu", id);
         kputc('\n');

@@ -24,6 +24,7 @@ static volatile u32 *doorbell;             // BAR0 + 12
 // req_tail also indexes the response ring and is what rsp_head publishes.
 static u32 req_tail, evt_head, reported;
 u64 served, wakes;
+struct vg_boot boot;                       // pci.c fills the function table
 
 // The rings sit at offsets fixed by the layout version (vgpu_layout.h): we
 // never follow an offset read from VRAM.
@@ -44,7 +45,10 @@ void broker_allow(u64 base, u64 size, int io)
 void vgpu_attach(u64 bar0, u64 bar2, u64 size)
 {
     volatile struct vg_header *h = (void *)bar2;
-    if (size < VG_MIN_VRAM || h->magic != VG_MAGIC || h->version != VG_VERSION)
+    // Both BARs inside the 4 GiB identity map (as broker_allow demands), or we
+    // would fault on the first look.
+    if (size < VG_MIN_VRAM || (bar0 | (bar2 + size - 1)) >> 32 || h->magic != VG_MAGIC
+        || h->version != VG_VERSION)
         return;
     vh = h;
     heap = size / 2;
@@ -62,16 +66,18 @@ void vgpu_start(const struct vg_payload *p, u64 size)
     if (!h || !size)
         return;
     u64 bytes = (u64)p->pixels * 4;
-    if (p->magic != VG_PAYLOAD_MAGIC || size < sizeof *p + bytes
-        || bytes > heap - VG_PROG_OFF) {
+    if (p->magic != VG_PAYLOAD_MAGIC || p->version != VG_PAYLOAD_VERSION
+        || size < sizeof *p + bytes || bytes > heap - VG_PROG_OFF) {
         kputs("!PANIC payload\n");
         qexit(0x1F);
     }
     copy((u8 *)h + VG_PROG_OFF, p + 1, bytes);
     copy(&h->prog_width, &p->width, 5 * 4);     // width, pixels, entry, threads, memory
-    h->heap_phys = (u64)h + heap;
-    h->dma_base = VG_DMA_BASE;
-    h->dma_size = VG_DMA_SIZE;
+    // The boot info at data address 0: where the heap is on the bus, and the
+    // PCI functions (pci.c), for the drivers among the pixels.
+    boot.magic = VG_BOOT_MAGIC | (u64)VG_VERSION << 32;
+    boot.heap_phys = (u64)h + heap;
+    copy((u8 *)h + heap, &boot, sizeof boot);
     h->state = VG_STATE_START;
     ring();
     kputs("@gpu start\n");
@@ -95,9 +101,19 @@ static int allowed(u32 kind, u32 width, u64 a)
     return ok;
 }
 
-// After every wake-up: serve each posted request, then tell the bridge.
+// After every wake-up: turn device interrupts into events, serve each posted
+// request, then tell the bridge.  A device vector's stub sends no EOI
+// (entry.asm), so the local APIC's in-service register still says which
+// arrived; each becomes an event, then its EOI (which clears the highest bit
+// in service: the other vectors EOI in their stub).  Until then the APIC holds
+// back the lower vectors (the vGPU's 0x28, the PIC's): we are right here.
 void vgpu_poll(void)
 {
+    u32 isr;
+    while ((isr = *(volatile u32 *)(0xFEE00100 + VG_DEV_VECTOR / 32 * 16) >> VG_DEV_VECTOR % 32)) {
+        vgpu_event(VG_SRC_IRQ, 31 - __builtin_clz(isr));
+        *(volatile u32 *)0xFEE000B0 = 0;
+    }
     if (!vh)
         return;
     u32 head = vh->req_head;
@@ -128,7 +144,7 @@ void vgpu_poll(void)
     }
 }
 
-// A device interrupt the GPU may want (today: a byte from COM1).
+// Something the GPU may wait for: a byte from COM1, a device interrupt.
 void vgpu_event(u32 source, u64 data)
 {
     if (!vh || vh->state != VG_STATE_RUNNING)

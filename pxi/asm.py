@@ -4,6 +4,9 @@ Syntax (docs/pxi.md, "Assembly language"):
 
     ; comment            (also // comment)
     NAME = expr          constant (also `.const NAME expr`)
+    .default NAME expr   constant unless NAME is already defined: predefined by the
+                         caller (assemble_file's `defines`: scenario parameters such as
+                         LBA ranges or a seed) or a constant of an including file
     label:               a pc; may share a line with a statement
     mnemonic a, b, c     an instruction from the opcode table
     .directive args
@@ -55,6 +58,7 @@ _DIRECTIVES = {
     ".threads",
     ".memory",
     ".const",
+    ".default",
     ".include",
     ".matrix",
     ".qmatrix",
@@ -129,7 +133,9 @@ def _strip_comment(line: str) -> str:
 class Assembler:
     def __init__(self) -> None:
         self.stmts: list[_Stmt] = []
-        self.names: dict[str, tuple] = {}  # name -> ("label", pc) | ("const", expr, where)
+        self.names: dict[
+            str, tuple
+        ] = {}  # ("label", pc) | ("const", expr, where) | ("define", int)
         self.meta = Meta()
         self.width = DEFAULT_WIDTH
         self._including: list[Path] = []
@@ -172,10 +178,16 @@ class Assembler:
             head, _, rest = line.partition(" ")
             op = head.strip().lower()
             args = _split_args(rest.strip())
-            if op == ".const":
+            if op in (".const", ".default"):
                 if len(args) != 1 or " " not in args[0].strip():
-                    raise AsmError(where, "usage: .const NAME expr (or NAME = expr).")
+                    raise AsmError(
+                        where,
+                        f"usage: {op} NAME expr"
+                        + (" (or NAME = expr)." if op == ".const" else "."),
+                    )
                 name, expr = args[0].strip().split(None, 1)
+                if op == ".default" and self.names.get(name, ("",))[0] in ("define", "const"):
+                    continue  # the caller's value (or an including file's) wins
                 self._define(name, ("const", expr, where), where)
                 continue
             if op == ".include":
@@ -197,6 +209,13 @@ class Assembler:
             raise AsmError(where, f"'{name}' is a register name; choose another name.")
         if name in self.names:
             prev = self.names[name]
+            if prev[0] == "define":
+                raise AsmError(
+                    where,
+                    f"'{name}' is predefined by the caller (defines: {name}={prev[1]}) and "
+                    f"defined here too; write `.default {name} expr` for a value the caller "
+                    "may override, or rename one.",
+                )
             prev_where = prev[2] if prev[0] == "const" else self._label_where.get(name, "?")
             raise AsmError(where, f"'{name}' is already defined (at {prev_where}); rename one.")
         self.names[name] = value
@@ -265,6 +284,8 @@ class Assembler:
             close = difflib.get_close_matches(name, list(self.names), n=1)
             hint = f" Did you mean '{close[0]}'?" if close else ""
             raise AsmError(where, f"undefined name '{name}'.{hint}")
+        if entry[0] == "define":
+            return entry[1]
         if entry[0] == "label":
             if entry[1] is None:
                 raise AsmError(
@@ -657,17 +678,36 @@ class Assembler:
                     f"{opc.mnemonic} 64: the value is the pair r{val}, r{val + 1}; use r0..r14.",
                 )
 
+    def predefine(self, defines: dict[str, int]) -> None:
+        """Constants the caller gives before any source is read (docs/pxi.md)."""
+        for name, value in defines.items():
+            where = f"defines[{name!r}]"
+            if not isinstance(name, str) or not re.fullmatch(_IDENT, name):
+                raise AsmError(where, f"{name!r} is not a name (letters, digits, _ and .).")
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise AsmError(where, f"the value {value!r} is not an integer.")
+            if _REG_RE.match(name):
+                raise AsmError(where, f"'{name}' is a register name; choose another name.")
+            self.names[name] = ("define", value)
 
-def assemble_file(path: str | Path) -> Program:
+
+def assemble_file(path: str | Path, defines: dict[str, int] | None = None) -> Program:
+    """Assemble a .pxs file.  `defines`: predefined constants, usable like `.const`;
+    the source may give defaults with `.default NAME expr`, and defining a predefined
+    name with `.const`/`=` or as a label is an error."""
     a = Assembler()
+    a.predefine(defines or {})
     a.read(Path(path))
     prog = a.assemble()
     prog.name = str(path)
     return prog
 
 
-def assemble_text(text: str, fname: str = "<source>") -> Program:
+def assemble_text(
+    text: str, fname: str = "<source>", defines: dict[str, int] | None = None
+) -> Program:
     a = Assembler()
+    a.predefine(defines or {})
     a.read_text(text, fname)
     prog = a.assemble()
     prog.name = fname

@@ -236,6 +236,7 @@ def test_changed_ranges():
     b[10] = 1
     b[200:204] = b"abcd"
     assert _changed(a, bytes(b)) == [(5, 11), (200, 204)]
+    assert _changed(a, bytes(b), gap=1) == [(5, 6), (10, 11), (200, 204)]
     assert _changed(a, a) == []
 
 
@@ -245,3 +246,162 @@ def test_regions_fit(size):
     assert r.req_off >= L.HEADER_SIZE and r.prog_off < r.heap_off
     assert r.heap_off + r.heap_size == size
     assert np.all(np.diff([r.req_off, r.rsp_off, r.evt_off, r.prog_off, r.heap_off]) > 0)
+
+
+def test_request_space_counts_against_our_own_response_consumption():
+    """Issue 9: the guest answering (req_tail advancing) frees no slot until the bridge
+    has read the responses; posting earlier would overwrite unread responses."""
+    from hil.vgpu.mailbox import Posted
+
+    vram = Vram(bytearray(VRAM), L.Regions(VRAM))
+    vram.initialise()
+    guest = Guest(vram)
+    vram.post_requests([Posted(i, i, 1, 8, 0, 0x3FD, 0) for i in range(L.RING_ENTRIES)])
+    assert vram.request_space() == (0, None)
+    assert guest.serve(lambda e: (0, e["seq"])) == L.RING_ENTRIES  # req_tail = 64
+    assert vram.request_space() == (0, None)  # responses still unread: no room
+    got, problem = vram.take("rsp")
+    assert problem is None and [r["value"] for r in got] == list(range(L.RING_ENTRIES))
+    assert vram.request_space() == (L.RING_ENTRIES, None)
+    # a guest claiming more responses than requests in flight is ignored, not followed
+    vram.put("rsp_head", 2 * L.RING_ENTRIES)
+    got, problem = vram.take("rsp")
+    assert got == [] and problem is not None
+    assert vram.request_space() == (L.RING_ENTRIES, None)
+
+
+def test_bridge_with_guest_answering_during_dispatches(tmp_path):
+    """256 threads x 2 requests, the guest answering between every two bridge steps
+    (as the real kernel does while a dispatch runs): all answered, all halted."""
+    from pxi.asm import assemble_file
+
+    bridge, vram, server = make_bridge(tmp_path)
+    guest = Guest(vram)
+    guest.load(assemble_file(REPO / "tests" / "programs" / "flood.pxs"), memory=4096)
+    out: list[int] = []
+    answer = com1(out)
+    real_run = bridge._run
+
+    def run_and_answer():  # the guest serves what was posted before the run, meanwhile
+        guest.serve(answer)
+        real_run()
+
+    bridge._run = run_and_answer
+    for _ in range(400):
+        bridge.serve()
+        if bridge.done:
+            break
+        guest.serve(answer)
+    assert bridge.done == "halted", bridge.stats
+    assert bytes(out).endswith(b"flood ok 00000100\n")
+    assert bridge.stats["problems"] == 0
+    bridge.close(tmp_path, "stopped")
+    server.close()
+
+
+def test_write_back_keeps_dma_that_landed_during_a_dispatch(tmp_path):
+    """The executor changes bytes 0 and 32; a device DMAs byte 16..20 while the dispatch
+    runs.  The write-back must not restore the executor's stale copy of 16..20, the trace
+    must record the DMA before the next run, and the replay must agree."""
+    from pxi.asm import assemble_text
+
+    prog = assemble_text("""
+.threads 1
+.memory 64
+main:
+    li r7, 0x11
+    st8 r7, r0, 0
+    st8 r7, r0, 32
+    li r5, 0x3fd
+    in r6, r5, 8          ; blocks: the dispatch ends here
+    ld32 r8, r0, 16       ; sees the DMA only in the next run
+    st32 r8, r0, 48
+    halt
+""")
+    bridge, vram, server = make_bridge(tmp_path)
+    guest = Guest(vram)
+    guest.load(prog)
+    bridge.serve()  # loads
+    real = bridge.ex.run
+
+    def run_with_dma(budget):
+        res = real(budget)
+        vram.write_heap(16, (0xD0A0D0A0).to_bytes(4, "little"))  # lands mid-dispatch
+        return res
+
+    bridge.ex.run = run_with_dma
+    bridge.serve()
+    bridge.ex.run = real
+    heap = vram.read_heap(64)
+    assert heap[0] == 0x11 and heap[32] == 0x11
+    assert heap[16:20] == (0xD0A0D0A0).to_bytes(4, "little")  # not clobbered
+    guest.serve(lambda e: (0, 0x60))
+    bridge.serve()
+    assert bridge.done == "halted"
+    assert vram.read_heap(64)[48:52] == (0xD0A0D0A0).to_bytes(4, "little")
+    bridge.close(tmp_path, "stopped")
+    server.close()
+    records = read(tmp_path / "trace.jsonl")
+    kinds = [r["t"] for r in records]
+    assert kinds == ["start", "memory", "run", "respond", "writes", "run", "end"]
+    assert records[4]["ranges"] == [(16, (0xD0A0D0A0).to_bytes(4, "little"))]
+    for backend in ("numpy", "wgpu"):
+        assert replay(records, backend).divergence is None
+
+
+def _hello_trace(tmp_path) -> Path:
+    from pxi.asm import assemble_file
+
+    bridge, vram, server = make_bridge(tmp_path)
+    guest = Guest(vram)
+    guest.load(assemble_file(REPO / "pxi" / "programs" / "hello.pxs"), memory=4096)
+    out: list[int] = []
+    for _ in range(200):
+        bridge.serve()
+        if bridge.done:
+            break
+        guest.serve(com1(out))
+    bridge.close(tmp_path, "stopped")
+    server.close()
+    return tmp_path / "trace.jsonl"
+
+
+@pytest.mark.parametrize("cut", ["records", "mid-line"])
+def test_truncated_trace_is_incomplete_never_a_pass(tmp_path, cut):
+    """Issue 9: 20 of 94 records replayed as SAME, exit 0.  Without its end record a
+    trace is incomplete: a divergence for the replay, exit 1 for `hil compare`."""
+    import subprocess
+    import sys
+
+    path = _hello_trace(tmp_path)
+    full = path.read_text()
+    assert replay(read(path), "numpy").divergence is None  # the complete trace passes
+    lines = full.splitlines(keepends=True)
+    assert len(lines) > 10
+    cut_text = "".join(lines[:8]) if cut == "records" else "".join(lines[:8]) + lines[8][:17]
+    path.write_text(cut_text)
+    records = read(path)
+    assert len(records) == 8
+    res = replay(records, "numpy")
+    assert res.divergence and res.divergence.where == "end of trace"
+    assert "incomplete" in res.divergence.message
+    c = subprocess.run(
+        [sys.executable, "-m", "hil.cli", "compare", str(path), "--backend", "numpy"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert c.returncode == 1 and "SAME" not in c.stdout and "incomplete" in c.stdout, c
+
+
+def test_pixel_layout_include_is_current():
+    path = REPO / "pxi" / "programs" / "lib" / "vgpu_layout.pxs"
+    assert path.read_text() == L.pxs_constants(), (
+        "pxi/programs/lib/vgpu_layout.pxs is stale: regenerate it with "
+        "python -c 'from hil.vgpu import layout as L; print(L.pxs_constants(), end=\"\")'"
+    )
+
+
+def test_boot_info_fits_the_smallest_heap():
+    assert L.BOOT_INFO_SIZE <= L.Regions(L.MIN_VRAM).heap_size
+    assert L.FUNC.field("bar").at(5) + 8 <= L.FUNC.field("size").offset

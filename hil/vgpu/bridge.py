@@ -257,11 +257,17 @@ class Bridge:
         self._sync_in()
         t = time.monotonic()
         res = self.ex.run(self.budget)
-        self.stats["dispatch_s"].append(time.monotonic() - t)
+        dt = time.monotonic() - t
+        self.stats["dispatch_s"].append(dt)
         self.stats["dispatches"] += 1
         self.stats["steps"] += res.steps
         mem = self.ex.read_memory(0, self.spec.memory)
-        for off, end in _changed(self.snapshot, mem):  # write back only what it changed
+        # Write back exactly the bytes the executor changed: a device may have DMAed into
+        # the heap during the dispatch, and a byte between two changed ones is the
+        # device's.  What the device wrote meanwhile differs from `mem` afterwards, so
+        # the next _sync_in records it (trace "writes") before the run that first sees
+        # it -- which is where the replay applies it too.
+        for off, end in _changed(self.snapshot, mem, gap=1):
             self.vram.write_heap(off, mem[off:end])
         self.snapshot = mem
         rows = []
@@ -279,6 +285,8 @@ class Bridge:
                 self.seq += 1
         self.trace.write(
             "run",
+            at=round(t - self.t0, 6),  # when the dispatch started (s since bridge start)
+            dt=round(dt, 6),  # how long it ran
             n=self.stats["dispatches"],
             budget=self.budget,
             steps=res.steps,
@@ -412,7 +420,9 @@ def _quantiles(values: list[float], scale: float = 1e6) -> dict:
 
 
 def _changed(old: bytes, new: bytes, gap: int = 64) -> list[tuple[int, int]]:
-    """[start, end) byte ranges where new differs from old, merging near neighbours."""
+    """[start, end) byte ranges where new differs from old.  Differing bytes at most
+    `gap` apart share a range (so a range may hold equal bytes between them); gap=1
+    gives exactly the differing bytes, in maximal runs."""
     a = np.frombuffer(old, dtype=np.uint8)
     b = np.frombuffer(new, dtype=np.uint8)
     idx = np.flatnonzero(a != b)

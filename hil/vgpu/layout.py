@@ -19,15 +19,25 @@ from dataclasses import dataclass
 
 from pxi.machine import RequestKind
 
-VERSION = 1
+VERSION = (
+    2  # 2: boot info in the heap, device interrupts as events, no heap_phys/dma_* in the header
+)
 MAGIC = 0x47565850  # b"PXVG" read as a little-endian u32
 PAYLOAD_MAGIC = 0x50495850  # b"PXIP": the program payload in the boot image
-PAYLOAD_VERSION = 1
+PAYLOAD_VERSION = (
+    2  # 2: boot info in the heap, device interrupts as events, no heap_phys/dma_* in the header
+)
 
 HEADER_SIZE = 0x1000
 RING_ENTRIES = 64  # per ring; a power of two, so indices wrap with a mask
 MSIX_VECTOR = 0  # the ivshmem interrupt vector both directions use
 GUEST_IRQ_VECTOR = 0x28  # the IDT vector the kernel programs into MSI-X entry 0
+# Device interrupts (docs/drivers.md): MSI-X entry 0 of boot-info function i (i < MAX_FUNCS,
+# not the vGPU) is programmed with IDT vector DEV_VECTOR + i; the kernel turns it into an
+# event (source IRQ, data i).  16 vectors: one APIC priority class, one ISR word.
+DEV_VECTOR = 0x30
+MAX_FUNCS = 16  # PCI functions the boot info lists (the first ones enumerated)
+BOOT_MAGIC = 0x49425850  # b"PXBI": the boot info at the start of the heap
 
 # Where the kernel puts the guest-RAM DMA window (MMIO requests may touch RAM only here).
 DMA_BASE = 0x2000000  # 32 MiB
@@ -41,10 +51,20 @@ class Field:
     ctype: str  # u8 u16 u32 u64
     writer: str  # who writes it: bridge | guest
     doc: str
+    count: int = 1  # an array of `count` elements (get/put reach element 0; see at())
+
+    @property
+    def elem(self) -> int:
+        return {"u8": 1, "u16": 2, "u32": 4, "u64": 8}[self.ctype]
 
     @property
     def size(self) -> int:
-        return {"u8": 1, "u16": 2, "u32": 4, "u64": 8}[self.ctype]
+        return self.elem * self.count
+
+    def at(self, i: int) -> int:
+        """Offset of element i of an array field."""
+        assert 0 <= i < self.count
+        return self.offset + i * self.elem
 
     @property
     def fmt(self) -> str:
@@ -80,7 +100,7 @@ class Struct:
 def _check(s: Struct) -> Struct:
     end = 0
     for f in s.fields:
-        assert f.offset % f.size == 0, f"{s.name}.{f.name} is misaligned"
+        assert f.offset % f.elem == 0, f"{s.name}.{f.name} is misaligned"
         assert f.offset >= end, f"{s.name}.{f.name} overlaps the field before it"
         end = f.offset + f.size
     assert end <= s.size
@@ -95,7 +115,7 @@ HEADER = _check(
         HEADER_SIZE,
         (
             Field("magic", 0x00, "u32", B, "`PXVG` (0x47565850): this BAR is a pxOS vGPU"),
-            Field("version", 0x04, "u32", B, "layout version (this document: 1)"),
+            Field("version", 0x04, "u32", B, f"layout version (this document: {VERSION})"),
             Field("vram_size", 0x08, "u32", B, "bytes of VRAM (BAR2 size)"),
             Field("state", 0x0C, "u32", B + "+" + G, "the state machine below"),
             Field("req_off", 0x10, "u32", B, "request ring (GPU -> CPU): offset"),
@@ -114,15 +134,6 @@ HEADER = _check(
             Field(
                 "prog_memory", 0x50, "u32", G, "data memory the program needs (bytes, <= heap_size)"
             ),
-            Field("heap_phys", 0x58, "u64", G, "guest-physical (bus) address of the heap, for DMA"),
-            Field(
-                "dma_base",
-                0x60,
-                "u64",
-                G,
-                "guest-RAM DMA window: base (MMIO requests may touch RAM only here)",
-            ),
-            Field("dma_size", 0x68, "u64", G, "guest-RAM DMA window: size"),
             # Ring indices: free-running u32 counters; entry = index & (ring_entries - 1).
             Field("req_head", 0x80, "u32", B, "requests posted (producer: bridge)"),
             Field("req_tail", 0x84, "u32", G, "requests consumed (consumer: guest)"),
@@ -203,7 +214,7 @@ STATES = {
     "ERROR": 5,  # bridge: program refused (error)
 }
 STATUS = {"OK": 0, "DENY": 1}
-SOURCES = {"COM1_RX": 1}
+SOURCES = {"COM1_RX": 1, "IRQ": 2}  # IRQ: data = the function's index in the boot info
 ERRORS = {
     "NONE": 0,
     "BAD_SIZE": 1,  # prog_width/prog_pixels inconsistent or larger than prog_max
@@ -211,6 +222,46 @@ ERRORS = {
     "BAD_THREADS": 3,  # prog_threads 0 or above the bridge's limit
     "BAD_ENTRY": 4,  # prog_entry outside the program
 }
+
+# The boot info: what a pixel driver must know and cannot read itself (it sees only its
+# data memory and its image, never config space).  The kernel writes it at heap offset 0
+# (data address 0) before it sets state START; the program may overwrite it once read.
+BOOT = _check(
+    Struct(
+        "boot",
+        0x40,
+        (
+            # magic and version as one u64: the kernel stores both at once
+            Field("magic", 0x00, "u64", G, "`PXBI` (0x49425850) | layout version << 32"),
+            Field("nfunc", 0x08, "u32", G, "functions listed below (at most MAX_FUNCS)"),
+            Field("heap_phys", 0x10, "u64", G, "bus address of the heap (data address 0), for DMA"),
+        ),
+    )
+)
+FUNC = _check(
+    Struct(
+        "func",
+        0x60,
+        (
+            Field("bdf", 0x00, "u32", G, "bus << 8 | device << 3 | function"),
+            Field("id", 0x04, "u32", G, "vendor ID | device ID << 16 (config 0)"),
+            Field("classcode", 0x08, "u32", G, "class << 24 | subclass << 16 | prog-if << 8 | rev"),
+            Field(
+                "irq",
+                0x0C,
+                "u32",
+                G,
+                "IDT vector of its MSI-X entry 0 (DEV_VECTOR + index), 0 if none is routed",
+            ),
+            Field("bar", 0x10, "u64", G, "BARs 0-5: bus address (0: none or unplaced)", 6),
+            Field(
+                "size", 0x40, "u32", G, "BARs 0-5: size in bytes (a 64-bit BAR: in the low one)", 6
+            ),
+        ),
+    )
+)
+BOOT_FUNCS_OFF = BOOT.size  # the function table follows the boot header
+BOOT_INFO_SIZE = BOOT.size + MAX_FUNCS * FUNC.size
 
 PAYLOAD = _check(
     Struct(
@@ -308,6 +359,10 @@ def c_header() -> str:
         f"#define VG_RING_ENTRIES {RING_ENTRIES}",
         f"#define VG_MSIX_VECTOR {MSIX_VECTOR}",
         f"#define VG_IRQ_VECTOR 0x{GUEST_IRQ_VECTOR:X}",
+        f"#define VG_DEV_VECTOR 0x{DEV_VECTOR:X}",
+        f"#define VG_MAX_FUNCS {MAX_FUNCS}",
+        f"#define VG_BOOT_MAGIC 0x{BOOT_MAGIC:08X}",
+        f"#define VG_PAYLOAD_VERSION {PAYLOAD_VERSION}",
         f"#define VG_DMA_BASE 0x{DMA_BASE:X}UL",
         f"#define VG_DMA_SIZE 0x{DMA_SIZE:X}UL",
         # Fixed for a layout version: the guest uses these constants and never reads
@@ -326,19 +381,24 @@ def c_header() -> str:
         (SOURCES, "VG_SRC_"),
     ):
         out += [f"#define {prefix}{k} {v}" for k, v in table.items()] + [""]
-    for s in (HEADER, REQUEST, RESPONSE, EVENT, PAYLOAD):
+    for s in (HEADER, REQUEST, RESPONSE, EVENT, PAYLOAD, FUNC, BOOT):
         out.append(f"struct vg_{s.name} {{")
         at = 0
         for f in s.fields:
             if f.offset > at:
                 out.append(f"    u8 _pad{at:x}[{f.offset - at}];")
-            out.append(f"    {f.ctype} {f.name};")
+            out.append(f"    {f.ctype} {f.name}{f'[{f.count}]' if f.count > 1 else ''};")
             at = f.offset + f.size
+        if s is BOOT:  # the function table follows the boot header in one struct
+            out.append(f"    u8 _pad{at:x}[{s.size - at}];")
+            out.append(f"    struct vg_func func[{MAX_FUNCS}];")
+            at = s.size
         if s.size > at and s is not HEADER:
             out.append(f"    u8 _pad{at:x}[{s.size - at}];")
         out.append("} __attribute__((packed));")
         if s is not HEADER:
-            out.append(f'_Static_assert(sizeof(struct vg_{s.name}) == {s.size}, "{s.name}");')
+            size = BOOT_INFO_SIZE if s is BOOT else s.size
+            out.append(f'_Static_assert(sizeof(struct vg_{s.name}) == {size}, "{s.name}");')
         out.append("")
     return "\n".join(out)
 
@@ -346,7 +406,7 @@ def c_header() -> str:
 def doc_tables() -> str:
     """The field tables of docs/vgpu.md."""
     out = []
-    for s in (HEADER, REQUEST, RESPONSE, EVENT, PAYLOAD):
+    for s in (HEADER, REQUEST, RESPONSE, EVENT, PAYLOAD, BOOT, FUNC):
         out += [
             f"**{s.name}** ({s.size} bytes)",
             "",
@@ -354,7 +414,8 @@ def doc_tables() -> str:
             "|---|---|---|---|---|",
         ]
         out += [
-            f"| 0x{f.offset:02x} | `{f.name}` | {f.ctype} | {f.writer} | {f.doc} |"
+            f"| 0x{f.offset:02x} | `{f.name}` | {f.ctype}{f'[{f.count}]' if f.count > 1 else ''}"
+            f" | {f.writer} | {f.doc} |"
             for f in s.fields
         ]
         out.append("")
@@ -368,3 +429,26 @@ def doc_tables() -> str:
         out.append(f"**{name}**: " + ", ".join(f"`{k}` = {v}" for k, v in table.items()))
         out.append("")
     return "\n".join(out).rstrip() + "\n"
+
+
+def pxs_constants() -> str:
+    """pxi/programs/lib/vgpu_layout.pxs: what a pixel program may know of this layout
+    (the boot info, event sources, the DMA window), generated like the C header."""
+    out = [
+        "; Generated from hil/vgpu/layout.py (layout.pxs_constants). Do not edit;",
+        "; tests/test_vgpu_unit.py checks it is current.",
+        f"VG_VERSION = {VERSION}",
+        f"VG_BOOT_MAGIC = 0x{BOOT_MAGIC:08x}",
+        f"VG_MAX_FUNCS = {MAX_FUNCS}",
+        f"VG_DEV_VECTOR = 0x{DEV_VECTOR:x}",
+        f"VG_DMA_BASE = 0x{DMA_BASE:x}",
+        f"VG_DMA_SIZE = 0x{DMA_SIZE:x}",
+        f"VG_BOOT_FUNCS = 0x{BOOT_FUNCS_OFF:x}  ; data address of function 0",
+        f"VG_BOOT_INFO_SIZE = 0x{BOOT_INFO_SIZE:x}",
+        f"VG_FUNC_BYTES = 0x{FUNC.size:x}  ; one function's entry",
+        "; field offsets: vg_boot.* from data address 0, vg_func.* from a function's entry",
+    ]
+    for st in (BOOT, FUNC):
+        out += [f"vg_{st.name}.{f.name} = 0x{f.offset:x}" for f in st.fields]
+    out += [f"VG_SRC_{k} = {v}" for k, v in SOURCES.items()]
+    return "\n".join(out) + "\n"

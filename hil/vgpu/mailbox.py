@@ -124,8 +124,16 @@ class Vram:
         return n, None
 
     def request_space(self) -> tuple[int, Problem | None]:
-        n, p = self._filled("req_head", "req_tail")
-        return (0 if p else self.n - n), p
+        """Requests we may post now.  Request i is answered in response slot i, so a
+        slot is free only once *we* have consumed its response: count against our own
+        rsp_tail, never against the guest's req_tail (which runs ahead of it while the
+        guest answers requests whose responses we have not read yet)."""
+        return self.n - self.in_flight(), None
+
+    def in_flight(self) -> int:
+        """Requests posted whose responses we have not consumed (0..ring entries: take()
+        never consumes more responses than there are requests in flight)."""
+        return (self.mine["req_head"] - self.mine["rsp_tail"]) % U32
 
     def post_requests(self, items: list[Posted]) -> None:
         """Write entries at req_head and then publish them by advancing req_head.
@@ -145,6 +153,12 @@ class Vram:
         s = L.RESPONSE if ring == "rsp" else L.EVENT
         off = self.r.rsp_off if ring == "rsp" else self.r.evt_off
         n, p = self._filled(f"{ring}_head", f"{ring}_tail")
+        if ring == "rsp" and n > self.in_flight():
+            p = Problem(
+                f"rsp_head={self.get('rsp_head')} claims {n} responses but only "
+                f"{self.in_flight()} requests are in flight; ignoring the ring until it makes sense"
+            )
+            n = 0
         tail = self.mine[f"{ring}_tail"]
         out = []
         for i in range(n):

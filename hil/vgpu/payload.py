@@ -21,15 +21,21 @@ from . import layout as L
 DEFAULT_MEMORY = 64 * 1024  # data memory for programs that do not ask for a size
 
 
-def load_program(path: Path):
-    """A pxi Program from .pxs (assembled) or .png; mistakes are UserErrors."""
+def load_program(path: Path, defines: dict[str, int] | None = None):
+    """A pxi Program from .pxs (assembled with `defines` predefined: the scenario's
+    parameters, docs/pxi.md) or .png; mistakes are UserErrors."""
     from pxi.errors import PxiError
 
     try:
         if path.suffix == ".pxs":
             from pxi.asm import assemble_file
 
-            return assemble_file(path)
+            return assemble_file(path, defines)
+        if defines:
+            raise UserError(
+                f"GPU program {path}: defines {sorted(defines)} need a .pxs source "
+                "(a .png program is already assembled)."
+            )
         if path.suffix == ".png":
             from pxi.image import load_png
 

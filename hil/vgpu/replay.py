@@ -79,8 +79,11 @@ def replay(records: list[dict], backend: str) -> ReplayResult:
     def diverge(where: str, message: str) -> ReplayResult:
         return ReplayResult(backend, runs, nreq, steps, Divergence(backend, where, message))
 
+    ended = False
     for rec in records[1:]:
         t = rec["t"]
+        if ended:
+            return diverge("end of trace", f"a '{t}' record follows the 'end' record")
         if t == "memory":
             ex.write_memory(0, rec["data"])
         elif t == "writes":
@@ -123,6 +126,7 @@ def replay(records: list[dict], backend: str) -> ReplayResult:
             if res.steps != rec["steps"]:
                 return diverge(f"run {runs}", f"expected {rec['steps']} steps, got {res.steps}")
         elif t == "end":
+            ended = True
             st = ex.state()
             got = [[int(st.pc[i]), int(st.status[i]), int(st.steps[i])] for i in range(len(st.pc))]
             for i, (g, w) in enumerate(zip(got, rec["threads"], strict=False)):
@@ -142,6 +146,13 @@ def replay(records: list[dict], backend: str) -> ReplayResult:
                     f"first difference at byte 0x{off:x}: "
                     f"expected 0x{b[off]:02x}, got 0x{a[off]:02x}",
                 )
+    if not ended:
+        return diverge(
+            "end of trace",
+            f"incomplete: {len(records)} records and no 'end' record (the bridge was "
+            "stopped before it finished the trace, or the file was cut); what happened "
+            "after them cannot be compared",
+        )
     return ReplayResult(backend, runs, nreq, steps, None)
 
 

@@ -10,12 +10,16 @@ bytes already decoded.  docs/vgpu.md ("Trace") is the format's documentation.
     memory   the data memory as the executor got it before the first run (z)
     writes   bytes someone other than the executor changed in the heap since the
              last run (the guest CPU, device DMA): [[offset, z], ...]
-    run      one executor run: n, budget, steps, requests [[seq, thread, pc, kind,
+    run      one executor run: at (start, s since the bridge started) and dt (its
+             duration) for benchmarks, not replayed; n, budget, steps, requests [[seq, thread, pc, kind,
              width, addr, value], ...], faults [[thread, pc, code, d0, d1], ...]
     respond  responses given to the executor: [[seq, thread, value, deny], ...]
              (seq -1: a WAIT_EVENT answered from the event queue)
     end      why the bridge stopped (halted, fault, error, stopped), final memory (z),
              threads [[pc, status, steps], ...]
+
+A trace is complete only with its `end` record, the last line: one without it (the
+bridge was killed, the file was cut) replays as a divergence "incomplete", never a pass.
 """
 
 from __future__ import annotations
@@ -42,7 +46,10 @@ class TraceWriter:
         self._f: IO[str] = path.open("w", encoding="utf-8")
 
     def write(self, kind: str, **fields) -> None:
+        # One write and a flush per record: a bridge that is killed leaves whole records
+        # (and at most one cut line, which read() recognises), never a buffer's worth lost.
         self._f.write(json.dumps({"t": kind, **fields}, separators=(",", ":")) + "\n")
+        self._f.flush()
 
     def flush(self) -> None:
         self._f.flush()
@@ -59,9 +66,15 @@ def read(path: Path) -> list[dict]:
     """All records, with 'z' byte fields decoded (pixels, data, ranges)."""
     records = []
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as e:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
         raise TraceError(f"{path}: cannot read the trace ({e})") from None
+    lines = text.splitlines()
+    # The writer ends every record with a newline: a last line without one was cut off
+    # (the bridge killed mid-write, a full disk).  It is dropped, and the missing `end`
+    # record then makes the replay report the trace as incomplete.
+    if lines and not text.endswith("\n"):
+        lines.pop()
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue

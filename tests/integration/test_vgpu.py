@@ -274,3 +274,25 @@ def test_gpu_compute_keeps_the_cpu_halted(hil):
     m = r.run["metrics"]
     assert m["cpu_idle"] >= 0.99
     assert m["gpu.instructions"] > 3e7 and m["gpu.requests"] < 100
+
+
+def test_hundreds_of_requests_in_flight_through_the_real_kernel(hil):
+    """512 requests (256 threads x 2) through the 64-entry ring while the kernel answers
+    during dispatches: every request answered once, correctly; no thread left BLOCKED."""
+    sc = gpu_scenario(
+        hil,
+        PROGRAMS / "flood.pxs",
+        """\
+  - expect: 'flood ok 00000100'
+    timeout: 90
+  - expect: {regex: '^@gpu end state=3 '}
+  - send: shutdown
+  - exit: shutdown
+""",
+    )
+    r = hil("run", str(sc))
+    assert r.code == 0, r.out + r.err
+    b = json.loads((r.run_dirs[0] / "bridge.json").read_text())
+    assert b["requests"] == 512 + 43 and b["responses"] == b["requests"], b
+    assert b["problems"] == 0 and b["ended"] == "halted"
+    assert all(t["status"] == "HALTED" for t in b["threads"])

@@ -1,0 +1,162 @@
+#!/usr/bin/env python3
+"""NVMe benchmark: 4 KiB random reads by the pixel NVMe driver, as the GPU side sees them.
+
+    .venv/bin/python benchmarks/nvme_bench.py [--rounds 64] [--tcg-only]
+
+For each profile (TCG with completions by MSI-X -> GPU event; KVM with completions by
+polling, docs/drivers.md) and queue depth (QD1: 1 worker x 1 command; QD16: 2 workers
+x 8), the block test runs in BENCH mode (pxi/programs/nvme/blocktest.pxs): rounds of QD
+random 4 KiB reads, each round submitted with one SQ doorbell and reaped to the last
+completion.  The GPU has no clock, so the host times it:
+
+  * IOPS, MB/s: reads / the time between the `bench start` and `bench done` console
+    lines (hil's serial timestamps);
+  * latency p50/p99 per round (a command's latency at QD1; at QD16 the time the slowest
+    of the 16 took): from the dispatch that rang the SQ doorbell to the one that rang the
+    CQ head doorbell after the round's last completion (trace.jsonl `at`);
+  * where the time goes inside the bench window (first SQ doorbell .. last CQ doorbell):
+    GPU execution (sum of dispatch times, trace `dt`), mailbox round trips (requests x
+    the bridge's median round trip), and the rest (the device, the kernel's interrupt
+    path, the bridge's own work between dispatches); requests per round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from hil import host  # noqa: E402
+from hil.vgpu import trace  # noqa: E402
+
+PROFILES = {"tcg (irq)": ("q35-tcg-vgpu", 1), "kvm (poll)": ("q35-kvm-vgpu", 0)}
+QDS = {1: (1, 1), 16: (2, 8)}
+SCENARIO = """\
+name: {name}
+profile: {profile}
+timeout: 600
+devices:
+  - nvme: {{size: 64M, fill: zero, serial: PXBENCH}}
+gpu: {{program: {program}}}
+steps:
+  - expect: 'bench start'
+    timeout: 120
+  - expect: 'bench done'
+    timeout: 500
+  - send: shutdown
+  - exit: shutdown
+"""
+_TS = re.compile(r"^\s*([0-9.]+) (.*)$")
+
+
+def console_ms(serial: Path, text: str) -> float:
+    for ln in serial.read_text().splitlines():
+        m = _TS.match(ln)
+        if m and m.group(2) == text:
+            return float(m.group(1))
+    raise SystemExit(f"{serial}: no '{text}' line")
+
+
+def quantile(v: list[float], p: float) -> float:
+    v = sorted(v)
+    return v[min(len(v) - 1, int(p * len(v)))]
+
+
+def analyse(run_dir: Path, reads: int) -> dict:
+    serial = run_dir / "serial.log"
+    wall = (console_ms(serial, "bench done") - console_ms(serial, "bench start")) / 1e3
+    b = json.loads((run_dir / "bridge.json").read_text())
+    bar0 = int(re.search(r"bar0 ([0-9a-f]+) irq", serial.read_text()).group(1), 16)
+    sq_db, cq_db = bar0 + 0x1008, bar0 + 0x100C  # queue pair 1: only the bench uses it
+    runs = [r for r in trace.read(run_dir / "trace.jsonl") if r["t"] == "run"]
+    rounds, start, last_cq = [], None, None
+    first = last = None  # the bench window: first SQ doorbell .. last CQ doorbell
+    for i, r in enumerate(runs):
+        for _s, _th, _pc, kind, _w, addr, _v in r["requests"]:
+            if kind != 4 or addr not in (sq_db, cq_db):
+                continue
+            if addr == sq_db:
+                if start is not None and last_cq is not None:
+                    rounds.append(last_cq - start)
+                start, last_cq = r["at"] + r["dt"], None
+                first = i if first is None else first
+            elif start is not None:
+                last_cq, last = r["at"] + r["dt"], i
+    if start is not None and last_cq is not None:
+        rounds.append(last_cq - start)
+    window = runs[first : last + 1]
+    span = window[-1]["at"] + window[-1]["dt"] - window[0]["at"]
+    gpu = sum(r["dt"] for r in window)
+    nreq = sum(len(r["requests"]) for r in window)
+    rt = b["roundtrip_us"]["p50"] / 1e6
+    return {
+        "iops": reads / wall,
+        "mbps": reads * 4096 / wall / 1e6,
+        "lat_p50_ms": 1e3 * quantile(rounds, 0.5),
+        "lat_p99_ms": 1e3 * quantile(rounds, 0.99),
+        "rounds": len(rounds),
+        "gpu_frac": gpu / span,
+        "mailbox_frac": min(1.0, nreq * rt / span),
+        "requests": nreq,
+    }
+
+
+def run_one(tmp: Path, label: str, profile: str, irq: int, qd: int, rounds: int) -> dict:
+    workers, qdw = QDS[qd]
+    name = f"nvme-bench-{'kvm' if 'kvm' in label else 'tcg'}-qd{qd}"
+    prog = tmp / f"{name}.pxs"
+    prog.write_text(
+        f"BENCH = {rounds}\nWORKERS = {workers}\nQDW = {qdw}\nIRQ_MODE = {irq}\n"
+        f"RANGE_LBAS = {8 * qdw}\n"  # one round of 4 KiB chunks (unused by BENCH)
+        f'.include "{REPO / "pxi" / "programs" / "nvme" / "blocktest.pxs"}"\n'
+    )
+    sc = tmp / f"{name}.yaml"
+    sc.write_text(SCENARIO.format(name=name, profile=profile, program=prog))
+    res = tmp / "results"
+    p = subprocess.run(
+        [sys.executable, "-m", "hil.cli", "run", str(sc), "--results", str(res)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    if p.returncode != 0:
+        raise SystemExit(f"{name} failed:\n{p.stdout[-3000:]}{p.stderr[-2000:]}")
+    run_dir = sorted((res / name).iterdir())[-1]
+    return analyse(run_dir, rounds * qd)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=64, help="rounds of QD reads (default 64)")
+    ap.add_argument("--tcg-only", action="store_true")
+    args = ap.parse_args()
+    profiles = dict(PROFILES)
+    if args.tcg_only or not host.kvm().usable:
+        profiles.pop("kvm (poll)")
+    print(
+        f"{'profile':<11} {'QD':>3} {'IOPS':>7} {'MB/s':>6} {'p50 ms':>7} {'p99 ms':>7} "
+        f"{'GPU exec':>8} {'mailbox':>8} {'req/round':>9}  (shares of the bench window)"
+    )
+    with tempfile.TemporaryDirectory(prefix="nvme-bench-") as d:
+        for label, (profile, irq) in profiles.items():
+            for qd in QDS:
+                r = run_one(Path(d), label, profile, irq, qd, args.rounds)
+                print(
+                    f"{label:<11} {qd:>3} {r['iops']:7.0f} {r['mbps']:6.2f} "
+                    f"{r['lat_p50_ms']:7.2f} {r['lat_p99_ms']:7.2f} "
+                    f"{100 * r['gpu_frac']:7.1f}% {100 * r['mailbox_frac']:7.1f}% "
+                    f"{r['requests'] / max(1, r['rounds']):9.1f}",
+                    flush=True,
+                )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
