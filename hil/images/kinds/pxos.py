@@ -44,7 +44,7 @@ class PxosKind(ImageKind):
         if spec.boot_delay_ms:
             defines.append(("PXOS_BOOT_DELAY_MS", str(spec.boot_delay_ms)))
             allowance += 64  # its loop: test instrumentation, not the shipped kernel
-        return pximage.ImageRecipe(tuple(defines), payload, allowance)
+        return pximage.ImageRecipe(defines=tuple(defines), payload=payload, allowance=allowance)
 
     def build(self, spec, recipe, cache_root, log):
         img = pximage.build(recipe, cache_root=cache_root, log=log)
