@@ -159,6 +159,7 @@ def _after(plan, rec, outcome, steps_verdict, console, helpers, opts, load: dict
         m["wakeups_per_s"] = max(w.wakeups_per_s for w in outcome.idle_windows)
     findings: list[Finding] = []
     ctx = AfterContext(plan, rec.run_dir, lines, steps_verdict.outcome)
+    ctx.artifacts.update(rec.artifacts)  # what the devices left (disks), for the checks
     for i, spec in enumerate(plan.devices if helpers is not None else ()):
         ctx.helper = helpers.get(i)
         findings += kind_of(spec).after(spec, ctx)

@@ -44,6 +44,7 @@ __all__ = [
     "Usb",
     "Vgpu",
     "attach",
+    "instances",
     "kind_of",
     "parse",
 ]
@@ -51,6 +52,16 @@ __all__ = [
 
 def kind_of(spec) -> DeviceKind:
     return DEVICES[spec.kind]
+
+
+def instances(devices) -> dict[str, object]:
+    """Instance name (nvme0, nic1, ... in attach order, as artifacts are named) -> spec."""
+    out, counters = {}, {}
+    for spec in devices:
+        n = counters.get(spec.kind, 0)
+        counters[spec.kind] = n + 1
+        out[f"{spec.kind}{n}"] = spec
+    return out
 
 
 def listable() -> list[str]:

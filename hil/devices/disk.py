@@ -17,7 +17,10 @@ from ..yamlsrc import Fields, parse_size
 
 MAX_SIZE = 64 << 30  # a fresh disk; zero-filled ones are sparse, the others are written
 MAX_FILLED = 4 << 30  # a disk whose every byte is written at the start of each run
-FILLS = "'zero', 'lba' (every 512-byte sector holds its LBA) or a byte value such as 0xA5"
+FILLS = (
+    "'zero', 'lba' (every 512-byte sector holds its LBA), a byte value such as 0xA5, or "
+    "{random: SEED} (a seeded pseudo-random pattern, hil/blockpattern.py)"
+)
 
 
 def parse_fresh(f: Fields, size_key: str, fill_key: str | None, default: str) -> tuple:
@@ -52,6 +55,10 @@ def parse_fresh(f: Fields, size_key: str, fill_key: str | None, default: str) ->
 
 
 def _fill(raw) -> str | None:
+    if isinstance(raw, dict):
+        seed = raw.get("random") if list(raw) == ["random"] else None
+        ok = isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 1 << 32
+        return f"random:{seed}" if ok else None
     if isinstance(raw, bool):
         return None
     if isinstance(raw, int):
@@ -77,6 +84,31 @@ def image_format(path: Path) -> str:
     return chain[0]["format"]
 
 
+def content(fill: str):
+    """The disk as created: a function (offset, length) -> bytes, both whole sectors;
+    None for zeros.  One definition for creating a disk and for checking it afterwards."""
+    import numpy as np
+
+    if fill == "zero":
+        return None
+    if fill == "lba":
+
+        def lba(offset: int, length: int) -> bytes:
+            first = offset // 512
+            ids = np.arange(first, first + length // 512, dtype="<u8")
+            return np.repeat(ids, 64).tobytes()  # 64 x 8 bytes = one sector
+
+        return lba
+    if fill.startswith("random:"):
+        import functools
+
+        from ..blockpattern import random_fill
+
+        return functools.partial(random_fill, int(fill.split(":", 1)[1]))
+    byte = int(fill, 16)
+    return lambda offset, length: bytes([byte]) * length
+
+
 def fresh(path: Path, size: int, fill: str) -> None:
     free = shutil.disk_usage(path.parent).free
     if fill != "zero" and size > free:
@@ -85,23 +117,13 @@ def fresh(path: Path, size: int, fill: str) -> None:
         )
     try:
         with path.open("wb") as f:
-            if fill == "zero":
+            make = content(fill)
+            if make is None:
                 f.truncate(size)  # sparse: costs nothing on disk
                 return
-            if fill == "lba":
-                import numpy as np
-
-                per_chunk = 2048  # sectors: 1 MiB
-                for first in range(0, size // 512, per_chunk):
-                    count = min(per_chunk, size // 512 - first)
-                    lba = np.arange(first, first + count, dtype="<u8")
-                    f.write(np.repeat(lba, 64).tobytes())  # 64 x 8 bytes = one sector
-                return
-            chunk = bytes([int(fill, 16)]) * (1 << 20)
-            left = size
-            while left:
-                f.write(chunk[: min(left, len(chunk))])
-                left -= min(left, len(chunk))
+            chunk = 1 << 20
+            for offset in range(0, size, chunk):
+                f.write(make(offset, min(chunk, size - offset)))
     except OSError as e:
         path.unlink(missing_ok=True)
         raise InfraError(f"cannot create the disk {path}: {e.strerror}") from None

@@ -33,6 +33,7 @@ class Nvme:
     file: Path | None = None  # or a copy-on-write overlay over this file
     serial: str = ""
     errors_allowed: tuple[Pattern, ...] = ()  # QEMU trace lines that do not fail the run
+    lba_size: int = 512  # the namespace's logical block size: 512 or 4096
     behind_root_port: bool = False
     kind = "nvme"
 
@@ -40,7 +41,7 @@ class Nvme:
 @DEVICES.register
 class NvmeKind(DeviceKind):
     name = "nvme"
-    keys = ("size", "fill", "file", "serial", "errors_allowed")
+    keys = ("size", "fill", "file", "serial", "errors_allowed", "lba_size")
     spec = Nvme
     TRACES = ("pci_nvme_err_", "pci_nvme_ub_")
 
@@ -48,8 +49,15 @@ class NvmeKind(DeviceKind):
         allowed = self._allowed(f, ctx)
         if allowed is None:
             return None
+        lba = f.get("lba_size", int, 512, example="lba_size: 4096")
+        if lba not in (512, 4096):
+            f.error("lba_size", "must be 512 or 4096 (the LBA sizes QEMU's NVMe offers).")
+            return None
         spec = self._disk(f, ctx)
-        return dataclasses.replace(spec, errors_allowed=allowed) if spec else None
+        if spec is not None and spec.size and spec.size % lba:
+            f.error("size", f"must be a whole number of {lba}-byte LBAs.")
+            return None
+        return dataclasses.replace(spec, errors_allowed=allowed, lba_size=lba) if spec else None
 
     def _allowed(self, f, ctx) -> tuple | None:
         items = f.get(
@@ -115,7 +123,18 @@ class NvmeKind(DeviceKind):
             fmt = "qcow2"
         serial = spec.serial or f"PXNVME{ctx.name.removeprefix('nvme')}"
         ctx.add("-drive", qemuopt.props(file=path, id=ctx.name, format=fmt, **{"if": "none"}))
-        ctx.add("-device", qemuopt.opts("nvme", serial=serial, drive=ctx.name) + ctx.bus)
+        lba = spec.lba_size if spec.lba_size != 512 else None  # QEMU's default: say nothing
+        ctx.add(
+            "-device",
+            qemuopt.opts(
+                "nvme",
+                serial=serial,
+                drive=ctx.name,
+                logical_block_size=lba,
+                physical_block_size=lba,
+            )
+            + ctx.bus,
+        )
         for prefix in self.TRACES:
             ctx.once("-trace", f"{prefix}*")
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import qemuopt
-from ..yamlsrc import check_input_file, parse_size
+from ..yamlsrc import check_input_file, excerpt, parse_size
 from .base import AfterContext, AttachContext, DeviceKind, Finding, PciId
 from .registry import DEVICES
 
@@ -25,6 +25,8 @@ REFERENCES = ("none", "wgpu")
 DEFAULT_VRAM = 16 << 20
 _STATS = re.compile(r"^stats busy=[0-9a-f]+ halt=[0-9a-f]+ wakes=([0-9a-f]+) reqs=([0-9a-f]+)")
 _DENY = re.compile(r"^!DENY ")
+DEFINE = re.compile(r"[A-Za-z_.][A-Za-z0-9_.]{0,63}")
+REGISTER = re.compile(r"r(?:[0-9]|1[0-5])")
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,7 @@ class GpuOptions:
     threads: int | None = None  # override the program's own
     memory: int | None = None
     reference: str = "none"  # wgpu: replay the trace through wgpu and NumPy afterwards
+    defines: tuple[tuple[str, int], ...] = ()  # constants predefined for the assembler
     line: int | None = None  # of the section, for errors found at plan time
 
 
@@ -58,7 +61,7 @@ class Vgpu:
 class VgpuKind(DeviceKind):
     name = "vgpu"
     section = "gpu"
-    section_keys = ("program", "backend", "budget", "threads", "memory", "reference")
+    section_keys = ("program", "backend", "budget", "threads", "memory", "reference", "defines")
     profile_keys = ("gpu", "vram")
     spec = Vgpu
     metrics = {
@@ -112,6 +115,7 @@ class VgpuKind(DeviceKind):
                     "bytes up to 2G, e.g. 64K).",
                 )
         reference = f.choice("reference", REFERENCES, "none")
+        defines = self._defines(f)
         if not f.ok or program is None:
             return None
         path = Path(os.path.realpath(ctx.base_dir / program))
@@ -128,8 +132,28 @@ class VgpuKind(DeviceKind):
             threads=threads,
             memory=memory,
             reference=reference or "none",
+            defines=defines,
             line=f.line,
         )
+
+    def _defines(self, f) -> tuple[tuple[str, int], ...]:
+        raw = f.get("defines", dict, {}, example="defines: {WORKERS: 8}")
+        out = []
+        for name, value in (raw or {}).items():
+            if not isinstance(name, str) or not DEFINE.fullmatch(name) or REGISTER.fullmatch(name):
+                f.error(
+                    "defines",
+                    f"{excerpt(name)} is not a constant name (letters, digits, '_', '.'; not a register).",
+                )
+            elif (
+                isinstance(value, bool)
+                or not isinstance(value, int)
+                or not -(1 << 31) <= value < 1 << 32
+            ):
+                f.error("defines", f"{name}: {excerpt(value)} is not a 32-bit integer.")
+            else:
+                out.append((name, value))
+        return tuple(out)
 
     def check(self, spec, profile, problem):
         if profile.settings.get("vgpu", {}).get("gpu") != "virtual":
@@ -143,7 +167,7 @@ class VgpuKind(DeviceKind):
         from ..vgpu import payload as pl
 
         o = spec if isinstance(spec, GpuOptions) else spec.options
-        program = pl.load_program(o.program)
+        program = pl.load_program(o.program, dict(o.defines) or None)
         data = pl.encode(program, o.threads, o.memory)
         header = pl.decode_header(data)
         return Vgpu(
@@ -169,6 +193,7 @@ class VgpuKind(DeviceKind):
             "memory": spec.memory,
             "vram": spec.vram,
             "reference": o.reference,
+            "defines": dict(o.defines),
         }
 
     # -- the run --------------------------------------------------------------------
