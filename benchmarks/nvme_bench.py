@@ -18,6 +18,11 @@ completion.  The GPU has no clock, so the host times it:
     GPU execution (sum of dispatch times, trace `dt`), mailbox round trips (requests x
     the bridge's median round trip), and the rest (the device, the kernel's interrupt
     path, the bridge's own work between dispatches); requests per round.
+
+The reference, measured in the same run: Linux's own nvme driver and fio on the same
+QEMU NVMe device (scenarios/linux-nvme-fio.yaml with this benchmark's disk size, a Linux
+image built from Debian's packages, TCG), 4 KiB random reads at QD1 and QD16; the pixel
+driver's IOPS is reported as a fraction of Linux's at the same queue depth.
 """
 
 from __future__ import annotations
@@ -132,10 +137,32 @@ def run_one(tmp: Path, label: str, profile: str, irq: int, qd: int, rounds: int)
     return analyse(run_dir, rounds * qd)
 
 
+def run_linux(tmp: Path) -> dict[int, float]:
+    """fio's IOPS at QD1 and QD16 in the Linux guest (scenarios/linux-nvme-fio.yaml)."""
+    text = (REPO / "scenarios" / "linux-nvme-fio.yaml").read_text()
+    text = text.replace("size: 16M", "size: 64M").replace(
+        "name: linux-nvme-fio", "name: nvme-bench-linux"
+    )
+    sc = tmp / "nvme-bench-linux.yaml"
+    sc.write_text(text)
+    res = tmp / "results"
+    p = subprocess.run(
+        [sys.executable, "-m", "hil.cli", "run", str(sc), "--results", str(res)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    if p.returncode != 0:
+        raise SystemExit(f"the Linux reference failed:\n{p.stdout[-3000:]}{p.stderr[-2000:]}")
+    run = json.loads((sorted((res / "nvme-bench-linux").iterdir())[-1] / "run.json").read_text())
+    return {qd: run["metrics"][f"fio.qd{qd}.iops"] for qd in QDS}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=64, help="rounds of QD reads (default 64)")
     ap.add_argument("--tcg-only", action="store_true")
+    ap.add_argument("--no-linux", action="store_true", help="skip the Linux/fio reference")
     args = ap.parse_args()
     profiles = dict(PROFILES)
     if args.tcg_only or not host.kvm().usable:
@@ -144,10 +171,13 @@ def main() -> int:
         f"{'profile':<11} {'QD':>3} {'IOPS':>7} {'MB/s':>6} {'p50 ms':>7} {'p99 ms':>7} "
         f"{'GPU exec':>8} {'mailbox':>8} {'req/round':>9}  (shares of the bench window)"
     )
+    tcg: dict[int, float] = {}
     with tempfile.TemporaryDirectory(prefix="nvme-bench-") as d:
         for label, (profile, irq) in profiles.items():
             for qd in QDS:
                 r = run_one(Path(d), label, profile, irq, qd, args.rounds)
+                if label.startswith("tcg"):
+                    tcg[qd] = r["iops"]
                 print(
                     f"{label:<11} {qd:>3} {r['iops']:7.0f} {r['mbps']:6.2f} "
                     f"{r['lat_p50_ms']:7.2f} {r['lat_p99_ms']:7.2f} "
@@ -155,6 +185,15 @@ def main() -> int:
                     f"{r['requests'] / max(1, r['rounds']):9.1f}",
                     flush=True,
                 )
+        if not args.no_linux:
+            linux = run_linux(Path(d))
+            print(
+                "\nreference: Linux nvme driver + fio (libaio, direct), same QEMU NVMe device, TCG"
+            )
+            print(f"{'QD':>3} {'Linux IOPS':>10} {'pixel IOPS':>10} {'pixel / Linux':>13}")
+            for qd in QDS:
+                ratio = tcg[qd] / linux[qd] if qd in tcg and linux[qd] else float("nan")
+                print(f"{qd:>3} {linux[qd]:10.0f} {tcg.get(qd, float('nan')):10.0f} {ratio:13.3f}")
     return 0
 
 

@@ -3,7 +3,7 @@ with ``STEPS``; the engine that runs them is hil/steps/engine.py."""
 
 from __future__ import annotations
 
-from . import check, exit, expect, idle, lines, send  # noqa: F401  (each registers its kind)
+from . import check, exit, expect, idle, jsondoc, lines, send  # noqa: F401  (each registers its kind)
 from .base import COMMON, DEFAULT_TIMEOUT, STEPS, Step, StepContext, StepKind
 from .check import Check
 from .engine import Outcome, StepResult, StepRunner, explain_exit
