@@ -1,4 +1,4 @@
-"""Steps: one file per step kind (expect, lines, send, idle, exit, check), registered
+"""Steps: one file per step kind (expect, lines, send, idle, exit, check, json), registered
 with ``STEPS``; the engine that runs them is hil/steps/engine.py."""
 
 from __future__ import annotations
