@@ -56,3 +56,14 @@ steps:
     assert run["metrics"]["boot_ms"] > 0
     assert "-append" in run["qemu"]["argv"] and str(kernel) in run["qemu"]["argv"]
     assert (kernel.stat().st_mtime_ns, initrd.stat().st_mtime_ns) == before  # never modified
+
+
+def test_linux_fio_reference_scenario(hil):
+    """The reference for the pixel NVMe driver: fio's report parsed into metrics."""
+    r = hil("run", "scenarios/linux-nvme-fio.yaml", timeout=500)
+    assert r.code == 0, r.out + r.err
+    m = r.run["metrics"]
+    for qd in (1, 16):
+        assert m[f"fio.qd{qd}.iops"] > 0 and m[f"fio.qd{qd}.errors"] == 0
+        assert 0 < m[f"fio.qd{qd}.clat_p50_ns"] <= m[f"fio.qd{qd}.clat_p99_ns"]
+    assert "fio" in r.run["image"]["packages"]
