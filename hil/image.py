@@ -31,9 +31,9 @@ from pathlib import Path
 
 from hil import janitor
 from hil.errors import BuildError, InfraError, UserError
+from hil.paths import REPO
 from hil.vgpu import layout as vgpu_layout
 
-REPO = Path(__file__).resolve().parent.parent
 # Where boot/ and microkernel/ are read from (tests point it at a copy).
 SOURCE_ROOT = REPO
 
