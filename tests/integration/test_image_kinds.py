@@ -67,3 +67,26 @@ def test_linux_fio_reference_scenario(hil):
         assert m[f"fio.qd{qd}.iops"] > 0 and m[f"fio.qd{qd}.errors"] == 0
         assert 0 < m[f"fio.qd{qd}.clat_p50_ns"] <= m[f"fio.qd{qd}.clat_p99_ns"]
     assert "fio" in r.run["image"]["packages"]
+
+
+def test_a_kernel_panic_is_caught_by_fail_on_and_quoted(linux_run, hil):
+    """Debian's kernel with no initramfs and a root that does not exist: it panics; the
+    scenario's fail_on catches the line and the verdict quotes it."""
+    kernel = Path(linux_run["image"]["dir"]) / "vmlinuz"
+    sc = hil.scenario(
+        f"""\
+profile: q35-tcg-bios
+timeout: 240
+image: {{kind: kernel, kernel: {kernel}, append: 'console=ttyS0 panic=-1 root=/dev/nonexistent'}}
+ready: {{regex: 'Linux version'}}
+fail_on: ['Kernel panic - not syncing']
+steps:
+  - expect: 'this line never comes'
+    timeout: 200
+"""
+    )
+    r = hil("run", str(sc), timeout=400)
+    assert r.code == 1, r.out + r.err
+    v = r.run["verdict"]
+    assert v["category"] == "fail_on" and "Kernel panic - not syncing" in v["reason"]
+    assert len(r.run["steps"]) == 1 and r.run["metrics"]["boot_ms"] > 0
