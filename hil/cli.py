@@ -348,6 +348,10 @@ def cmd_compare(ns: argparse.Namespace) -> int:
 
 def _restore_passthrough(quiet: bool) -> int:
     """Give back devices a killed hil left bound to vfio-pci (docs/passthrough.md)."""
+    from .vfio.state import DEFAULT_REGISTRY
+
+    if quiet and not any(Path(DEFAULT_REGISTRY).glob("*.json")):
+        return EXIT_PASS  # the usual case: nothing was ever left bound
     from .vfio import RestoreError, restore_stale
 
     try:

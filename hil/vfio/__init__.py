@@ -16,14 +16,43 @@ The interface the rest of hil uses:
   them, to compare with what the guest enumerates.
 """
 
-from .bdf import Bdf, parse_bdf, qemu_args
-from .bind import Binder, BindError, RestoreError
-from .checks import NOIOMMU_KEY, Preflight, Problem, run_command
-from .doctor import doctor_report
-from .host import Bar, PciHost, parse_resource
-from .passthrough import DeviceBusy, Passthrough, restore_stale
-from .state import DEFAULT_REGISTRY, Owner, Processes, Record, Registry, StateError
-from .sysfs import Sysfs
+import importlib
+
+# Loaded when first used: every `hil run` asks restore_stale() at start, and a host that
+# never passed a device through should not pay for importing the whole layer.
+_WHERE = {
+    "Bar": "host",
+    "Bdf": "bdf",
+    "BindError": "bind",
+    "Binder": "bind",
+    "DEFAULT_REGISTRY": "state",
+    "DeviceBusy": "passthrough",
+    "NOIOMMU_KEY": "checks",
+    "Owner": "state",
+    "Passthrough": "passthrough",
+    "PciHost": "host",
+    "Preflight": "checks",
+    "Problem": "checks",
+    "Processes": "state",
+    "Record": "state",
+    "Registry": "state",
+    "RestoreError": "bind",
+    "StateError": "state",
+    "Sysfs": "sysfs",
+    "doctor_report": "doctor",
+    "parse_bdf": "bdf",
+    "parse_resource": "host",
+    "qemu_args": "bdf",
+    "restore_stale": "passthrough",
+    "run_command": "checks",
+}
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"hil.vfio.{_WHERE[name]}"), name)
+    raise AttributeError(name)
+
 
 __all__ = [
     "DEFAULT_REGISTRY",

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ... import image as pximage
 from . import IMAGES, Built, ImageKind
 
 
@@ -35,6 +34,8 @@ class PxosKind(ImageKind):
         return PxosImage(bool(boot_fault), bool(spin_idle), delay or 0)
 
     def recipe(self, spec, payload):
+        from ... import image as pximage
+
         defines: list[tuple[str, str]] = []
         allowance = 0
         if spec.boot_fault:
@@ -47,6 +48,8 @@ class PxosKind(ImageKind):
         return pximage.ImageRecipe(defines=tuple(defines), payload=payload, allowance=allowance)
 
     def build(self, spec, recipe, cache_root, log):
+        from ... import image as pximage
+
         img = pximage.build(recipe, cache_root=cache_root, log=log)
         size = img.size
         state = "cached" if img.cached else "built"
