@@ -59,6 +59,7 @@ BASE_KEYS = (
     "devices",
     "checks",
     "fail_on",
+    "infra_on",
     "default_fail_on",
     "steps",
     "metrics",
@@ -109,6 +110,9 @@ class Scenario:
     sections: tuple = ()  # (device kind, spec) of the sections kinds own: ("vgpu", GpuOptions)
     checks: tuple[PostCheck, ...] = ()
     lines: dict = field(default_factory=dict)  # top-level key -> line, for later errors
+    # Lines that say the test bench failed, not the system under test (a known bug of
+    # QEMU's device model): the run ends as an infrastructure error, which is retried.
+    infra_on: tuple[Pattern, ...] = ()
     image_kind: str = "pxos"
 
     @property
@@ -213,6 +217,12 @@ def load_scenario(path: Path, profile_override: str | None = None) -> Scenario:
             )
         else:
             ready = Pattern(default, regex=default.startswith("^"))
+    infra_on = []
+    extra = f.get("infra_on", list, [], example="infra_on: ['QEMU bug line']")
+    for i, p in enumerate(extra or []):
+        pat = parse_pattern(problems, p, f"infra_on[{i}]", extra.lines[i])
+        if pat:
+            infra_on.append(pat)
     steps = _steps(
         problems, f.get("steps", list, example="steps: [{expect: '@stage ready'}]"), path.parent
     )
@@ -237,6 +247,7 @@ def load_scenario(path: Path, profile_override: str | None = None) -> Scenario:
             checks=tuple(post),
             lines=dict(getattr(node, "lines", {})),
             image_kind=image_kind,
+            infra_on=tuple(infra_on),
         )
         problems.items += check_against(sc, profile)
     problems.raise_if_any()

@@ -61,3 +61,20 @@ def test_text_that_is_not_json_fails_the_step(tmp_path, guest):
 def test_recorded_names_may_carry_metric_limits(tmp_path):
     sc = scenario(tmp_path, STEP, extra="metrics:\n  fio.iops: {min: 1}\n")
     assert {lim.metric for lim in sc.limits} == {"fio.iops"}
+
+
+def test_an_infra_on_line_ends_the_run_as_an_infrastructure_error(tmp_path, guest):
+    """A known bug of the test bench (QEMU's NVMe missing a doorbell) is not a failure of
+    the system under test: the run is an error, which `hil run` retries."""
+    guest.say("[   38.08] nvme nvme0: I/O 320 (I/O Cmd) QID 1 timeout, aborting")
+    extra = "infra_on: [{regex: 'nvme nvme[0-9]+: I/O [0-9]+ .*timeout'}]\n"
+    sc = scenario(tmp_path, "- expect: never\n  timeout: 2\n", extra=extra)
+    console = Console(guest.console_fd, guest.launched, tmp_path / "serial.log")
+    try:
+        with pytest.raises(StepFailed) as e:
+            StepRunner(sc, guest, console, "tcg").run()
+    finally:
+        console.close()
+    v = e.value.verdict
+    assert v.outcome == "error" and v.category == "infra" and v.exit_code == 3
+    assert "QID 1 timeout" in v.reason

@@ -21,7 +21,7 @@ from ..errors import InfraError
 from ..metrics import IdleProbe, IdleWindow
 from ..pattern import Pattern
 from ..target import Monitor, Power
-from ..verdict import FAIL, TIMEOUT, StepFailed, Verdict
+from ..verdict import ERROR, FAIL, TIMEOUT, StepFailed, Verdict
 from .base import STEPS, Step
 
 if TYPE_CHECKING:
@@ -224,6 +224,16 @@ class StepRunner:
                 return line
             if i > self.checked:
                 self.checked = i
+                for pat in self.sc.infra_on:
+                    if pat.search(line.text):
+                        self.fail(
+                            step,
+                            f"an infra_on pattern matched, so the test bench failed, not the "
+                            f"system under test: {line.text!r} at {line.t * 1000:.1f} ms",
+                            "infra",
+                            str(pat),
+                            ERROR,
+                        )
                 for pat in self.sc.fail_on:
                     if pat.search(line.text):
                         self._fail_on(step, pat, line)
