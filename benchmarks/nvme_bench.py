@@ -124,17 +124,20 @@ def run_one(tmp: Path, label: str, profile: str, irq: int, qd: int, rounds: int)
     )
     sc = tmp / f"{name}.yaml"
     sc.write_text(SCENARIO.format(name=name, profile=profile, program=prog))
-    res = tmp / "results"
+    return analyse(hil_run(sc, tmp / "results", name), rounds * qd)
+
+
+def hil_run(scenario: Path, results: Path, name: str) -> Path:
+    """`hil run` of one scenario file; its run directory (SystemExit if it failed)."""
     p = subprocess.run(
-        [sys.executable, "-m", "hil.cli", "run", str(sc), "--results", str(res)],
+        [sys.executable, "-m", "hil.cli", "run", str(scenario), "--results", str(results)],
         cwd=REPO,
         capture_output=True,
         text=True,
     )
     if p.returncode != 0:
         raise SystemExit(f"{name} failed:\n{p.stdout[-3000:]}{p.stderr[-2000:]}")
-    run_dir = sorted((res / name).iterdir())[-1]
-    return analyse(run_dir, rounds * qd)
+    return sorted((results / name).iterdir())[-1]
 
 
 def run_linux(tmp: Path) -> dict[int, float]:
@@ -145,16 +148,8 @@ def run_linux(tmp: Path) -> dict[int, float]:
     )
     sc = tmp / "nvme-bench-linux.yaml"
     sc.write_text(text)
-    res = tmp / "results"
-    p = subprocess.run(
-        [sys.executable, "-m", "hil.cli", "run", str(sc), "--results", str(res)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-    )
-    if p.returncode != 0:
-        raise SystemExit(f"the Linux reference failed:\n{p.stdout[-3000:]}{p.stderr[-2000:]}")
-    run = json.loads((sorted((res / "nvme-bench-linux").iterdir())[-1] / "run.json").read_text())
+    run_dir = hil_run(sc, tmp / "results", "nvme-bench-linux")
+    run = json.loads((run_dir / "run.json").read_text())
     return {qd: run["metrics"][f"fio.qd{qd}.iops"] for qd in QDS}
 
 
