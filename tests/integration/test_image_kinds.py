@@ -4,6 +4,7 @@ files of kind `kernel`)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -60,13 +61,26 @@ steps:
 
 def test_linux_fio_reference_scenario(hil):
     """The reference for the pixel NVMe driver: fio's report parsed into metrics."""
-    r = hil("run", "scenarios/linux-nvme-fio.yaml", timeout=500)
+    r = hil("run", "scenarios/linux-nvme-fio.yaml", "--retries", "2", timeout=900)
+    if r.code == 3:
+        # QEMU 7.2's NVMe model missing a doorbell under fio (its bug, docs/images.md) is
+        # an infrastructure error by the scenario's infra_on; on a loaded host it can hit
+        # every attempt. That is not this project's failure: say so, do not hide it.
+        reasons = [
+            json.loads((d / "run.json").read_text())["verdict"]["reason"] for d in r.run_dirs
+        ]
+        if all("an infra_on pattern matched" in x and "timeout" in x for x in reasons):
+            pytest.skip(
+                f"QEMU's NVMe model missed a doorbell in all {len(reasons)} attempts: {reasons[-1]}"
+            )
     assert r.code == 0, r.out + r.err
-    m = r.run["metrics"]
+    runs = [json.loads((d / "run.json").read_text()) for d in r.run_dirs]
+    run = next(x for x in runs if x["verdict"]["outcome"] == "pass")  # retries: the last
+    m = run["metrics"]
     for qd in (1, 16):
         assert m[f"fio.qd{qd}.iops"] > 0 and m[f"fio.qd{qd}.errors"] == 0
         assert 0 < m[f"fio.qd{qd}.clat_p50_ns"] <= m[f"fio.qd{qd}.clat_p99_ns"]
-    assert "fio" in r.run["image"]["packages"]
+    assert "fio" in run["image"]["packages"]
 
 
 def test_a_kernel_panic_is_caught_by_fail_on_and_quoted(linux_run, hil):
