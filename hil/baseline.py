@@ -32,8 +32,8 @@ Two questions per key (docs/nightly.md, "Regression rules", is the user-facing t
    change is *confirmed* when the new repeats regress too (same rule, and a rank test of
    tonight's repeats and the re-runs, pooled, against the baseline at p <= 0.01) --
    after dividing out how much slower the control
-   pair got meanwhile; *host noise* when the new repeats do not regress; *host slowed
-   down* when they regress only as much as the control did, or every pair moved at once.
+   pair (the one that moved least) got meanwhile; *host noise* when the new repeats do
+   not regress; *host slowed down* when they regress only as much as the control did.
    Only a confirmed change is a regression.
 """
 
@@ -139,7 +139,7 @@ class Confirmation:
         head = {
             CONFIRMED: "confirmed",
             HOST_NOISE: "not confirmed (host noise)",
-            HOST_SLOWED: "host slowed down (all pairs moved)",
+            HOST_SLOWED: "host slowed down (the control moved as much)",
         }[self.status]
         parts = [head]
         if self.again is not None:
