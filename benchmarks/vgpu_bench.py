@@ -49,6 +49,15 @@ steps:
 """
 
 
+def write_scenarios(tmp: Path, profile: str) -> list[Path]:
+    """The scenario files this benchmark runs besides scenarios/ (tools/gpu-bundle
+    prebuilds their images for a GPU host)."""
+    ping = tmp / "ping.yaml"
+    program = REPO / "benchmarks" / "programs" / "ping.pxs"
+    ping.write_text(textwrap.dedent(PING.format(profile=profile, program=program)))
+    return [ping]
+
+
 def run(path: Path, profile: str, workdir: Path) -> dict:
     sc = load_scenario(path, profile)
     quiet = Progress("quiet", out=open(os.devnull, "w"))  # noqa: SIM115
@@ -108,14 +117,7 @@ def main() -> int:
     print("-" * len(head))
     with tempfile.TemporaryDirectory(prefix="hil-vgpu-bench-") as tmp:
         tmp = Path(tmp)
-        ping = tmp / "ping.yaml"
-        ping.write_text(
-            textwrap.dedent(
-                PING.format(
-                    profile="q35-tcg-vgpu", program=REPO / "benchmarks" / "programs" / "ping.pxs"
-                )
-            )
-        )
+        (ping,) = write_scenarios(tmp, "q35-tcg-vgpu")
         for profile in profiles:
             idle, wake, ips, rt50, rt99, wpr, epr = [], [], [], [], [], [], []
             adapter = ""

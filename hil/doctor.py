@@ -8,6 +8,7 @@ fatal: TCG and the NumPy executor still work.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from typing import TextIO
@@ -43,7 +44,10 @@ def doctor(out: TextIO) -> int:
     rows: list[tuple[str, str, str]] = []
     for prog, (pkg, loses) in host.TOOLS.items():
         v = host.version(prog)
-        if v is None:
+        prebuilt = os.environ.get(host.PREBUILT_ENV)
+        if v is None and prebuilt and prog in host.BUILD_TOOLS:
+            rows.append((prog, "not needed", f"prebuilt images from {prebuilt}"))
+        elif v is None:
             rows.append((prog, "MISSING", f"install {pkg}; without it: {loses}"))
             fatal |= prog != "qemu-img"
         else:

@@ -15,7 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 QEMU = "qemu-system-x86_64"
-QBOOT = Path("/usr/share/qemu/qboot.rom")
+# QEMU's firmware directory; a bundle for a host without packages (tools/gpu-run) sets
+# HIL_QEMU_DATADIR, and runs then also pass it to QEMU as `-L`.
+DATADIR_ENV = "HIL_QEMU_DATADIR"
+QEMU_DATADIR = Path(os.environ.get(DATADIR_ENV) or "/usr/share/qemu")
+QBOOT = QEMU_DATADIR / "qboot.rom"
+# The image builder's tools; where they are missing, prebuilt images may stand in.
+BUILD_TOOLS = ("nasm", "gcc", "ld", "objcopy")
+PREBUILT_ENV = "PXOS_HIL_PREBUILT"  # a directory of prebuilt images (hil/image.py)
 KVM_GET_API_VERSION = 0xAE00
 
 # program -> (Debian package, what is lost without it)

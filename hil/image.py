@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from hil import janitor
+from hil import host, janitor
 from hil.errors import BuildError, InfraError, UserError
 from hil.paths import REPO
 from hil.vgpu import layout as vgpu_layout
@@ -502,6 +502,51 @@ def _load(final: Path, key: str, budget: int, cached: bool) -> Image:
     )
 
 
+# --------------------------------------------------------------------------
+# Prebuilt images, for a host without the compilers (a GPU host reached by a bundle:
+# tools/gpu-bundle, docs/gpu-host.md).  There the cache key cannot name the tools'
+# versions, so prebuilt images are keyed by everything else: sources, builder, flags,
+# defines and payload.  They are only ever used where the tools are missing.
+
+PREBUILT_ENV = host.PREBUILT_ENV
+
+
+def source_key(recipe: ImageRecipe) -> str:
+    """The key of `recipe`'s image among prebuilt ones (tool versions left out)."""
+    return "src-" + _key(SOURCE_ROOT, _defines(recipe), _payload_bytes(recipe), {})
+
+
+def export_prebuilt(recipe: ImageRecipe, dest: Path, **kw) -> Path:
+    """Build `recipe` here and copy its image into `dest`/<source key>/ (for a bundle)."""
+    image = build(recipe, **kw)
+    out = Path(dest) / source_key(recipe)
+    if not (out / "image.json").exists():
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=dest))
+        for f in image.dir.iterdir():
+            if f.is_file():
+                shutil.copy2(f, tmp / f.name)
+        os.rename(tmp, out)
+    return out
+
+
+def _prebuilt(recipe: ImageRecipe, missing: InfraError, budget: int, log) -> Image:
+    where = os.environ.get(PREBUILT_ENV)
+    if not where:
+        raise missing
+    key = source_key(recipe)
+    final = Path(where) / key
+    if not (final / "image.json").is_file():
+        raise InfraError(
+            f"{missing} No prebuilt image either: {PREBUILT_ENV}={where} has no {key}/ for "
+            "this recipe (its sources, defines or payload differ from the bundle's). Make the "
+            "bundle again from this checkout with tools/gpu-bundle, naming this scenario."
+        )
+    image = _load(final, key, budget, cached=True)
+    log(f"image {key} prebuilt ({where})")
+    _check_budget(image.size, SOURCE_ROOT / "microkernel" / "budget.yaml")
+    return image
+
+
 def image_key(recipe: ImageRecipe, *, cache_root: Path | None = None) -> str:
     """The cache key `build` would use for `recipe`, without building anything."""
     tools = _find_tools()
@@ -527,7 +572,10 @@ def build(
     budget_file = src / "microkernel" / "budget.yaml"
     if budget is None:
         budget = read_budget(src) + recipe.allowance
-    tools = _find_tools()
+    try:
+        tools = _find_tools()
+    except InfraError as missing:
+        return _prebuilt(recipe, missing, budget, log)
     defines = _defines(recipe)
     payload = _payload_bytes(recipe)
     cmdlog: list[str] = []

@@ -60,8 +60,10 @@ def qemu_argv(cfg: MachineConfig, serial_path: str, qmp_path: str, log_path: Pat
             "Debian package qemu-system-x86 (bin/hil does this when run as root)."
         )
     cpu = cfg.cpu or (KVM_DEFAULT_CPU if cfg.accel == "kvm" else None)
+    datadir = ["-L", str(host.QEMU_DATADIR)] if os.environ.get(host.DATADIR_ENV) else []
     argv = [
         exe,
+        *datadir,
         "-name",
         f"pxos-{cfg.name},debug-threads=on",
         "-machine",

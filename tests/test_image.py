@@ -289,3 +289,51 @@ def test_gdt_reloaded_after_every_bios_call(img):
             switches += 1
             assert gdt_fresh, f"CR0 written without a fresh lgdt since the last BIOS call: {ops}"
     assert switches >= 2
+
+
+# --- prebuilt images (a GPU host without compilers: tools/gpu-bundle) -------------------
+
+
+def _no_tools(monkeypatch):
+    def missing():
+        raise InfraError("`nasm` not found on PATH: building the pxOS image needs it.")
+
+    monkeypatch.setattr(image, "_find_tools", missing)
+
+
+def test_prebuilt_image_stands_in_where_the_tools_are_missing(tmp_path, cache, monkeypatch):
+    pre = tmp_path / "prebuilt"
+    pre.mkdir()
+    recipe = ImageRecipe(defines=(("PXOS_BOOT_FAULT", "1"),))
+    out = image.export_prebuilt(recipe, pre, cache_root=cache)
+    assert out.name == image.source_key(recipe)
+    built = image.build(recipe, cache_root=cache)
+    _no_tools(monkeypatch)
+    monkeypatch.setenv(image.PREBUILT_ENV, str(pre))
+    got = image.build(recipe, cache_root=tmp_path / "empty-cache")
+    assert got.dir == out and got.cached
+    assert got.flat.read_bytes() == built.flat.read_bytes()
+    assert got.size.counted == built.size.counted
+
+
+def test_no_prebuilt_for_this_recipe_names_the_key_and_the_fix(tmp_path, cache, monkeypatch):
+    pre = tmp_path / "prebuilt"
+    pre.mkdir()
+    image.export_prebuilt(ImageRecipe(), pre, cache_root=cache)
+    _no_tools(monkeypatch)
+    other = ImageRecipe(defines=(("PXOS_SPIN_IDLE", "1"),))
+    with pytest.raises(InfraError) as e:
+        image.build(other, cache_root=tmp_path / "c")
+    assert "not found on PATH" in str(e.value)  # without the variable: the plain error
+    monkeypatch.setenv(image.PREBUILT_ENV, str(pre))
+    with pytest.raises(InfraError) as e:
+        image.build(other, cache_root=tmp_path / "c")
+    msg = str(e.value)
+    assert image.source_key(other) in msg and "tools/gpu-bundle" in msg
+
+
+def test_source_key_ignores_the_tools_but_not_the_sources(src_copy, cache):
+    k = image.source_key(ImageRecipe())
+    main = src_copy / "microkernel" / "main.c"
+    main.write_bytes(main.read_bytes() + b"\n")
+    assert image.source_key(ImageRecipe()) != k

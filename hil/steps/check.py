@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..checks import CHECKS, live_names
 from .base import STEPS, Step, StepKind
 
 
@@ -22,8 +21,14 @@ class CheckKind(StepKind):
     name = "check"
 
     def parse(self, f, common, ctx):
+        # Imported here, not at the top: hil.checks -> hil.devices -> hil.steps would
+        # otherwise be a cycle when hil.scenario is the first module imported.
+        from ..checks import live_names
+
         what = f.choice("check", live_names())
         return Check(**common, what=what) if what else None
 
     def run(self, step, engine):
+        from ..checks import CHECKS
+
         return CHECKS[step.what].run_live(step, engine)
