@@ -62,5 +62,7 @@ class UsbKind(DeviceKind):
             ctx.add("-drive", qemuopt.props(file=path, id=drive, format="raw", **{"if": "none"}))
             ctx.add(
                 "-device",
-                qemuopt.opts("usb-storage", id=f"{ctx.name}-stick", bus=f"{ctx.name}.0", drive=drive),
+                qemuopt.opts(
+                    "usb-storage", id=f"{ctx.name}-stick", bus=f"{ctx.name}.0", drive=drive
+                ),
             )
