@@ -20,6 +20,7 @@ import math
 import time
 from dataclasses import dataclass
 
+from ..console import ConsoleClosed
 from .base import STEPS, Step, StepKind
 
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
@@ -237,6 +238,8 @@ class KeyKind(StepKind):
             engine.fail(step, "this machine has no QMP monitor to send keys", "key", "")
         latencies = []
         for chord, char in zip(step.chords, step.echoes, strict=True):
+            if step.echo and char:
+                self._settle(engine)
             sent = self._press(engine, step, chord, True)
             if step.echo and char:
                 latencies.append(self._echo(engine, step, char, sent))
@@ -255,6 +258,16 @@ class KeyKind(StepKind):
                 f" p99 {_pct(latencies, 99) * 1000:.1f} ms over {len(latencies)}"
             )
         return detail
+
+    @staticmethod
+    def _settle(engine) -> None:
+        """Read the complete lines already there, so that an echo is looked for only
+        in what comes after the press (an earlier line may hold the same character)."""
+        try:
+            while engine.console.read_line(0) is not None:
+                pass
+        except ConsoleClosed:
+            pass  # the echo wait says what happened
 
     def _press(self, engine, step, chord, down: bool) -> float:
         events = [
