@@ -82,6 +82,7 @@ class Bridge:
             "doorbells_in": 0,
             "interrupts_out": 0,
             "program_loaded_s": None,
+            "finished_s": None,  # when the program ended (halted, fault, error)
         }
         self.t0 = time.monotonic()
 
@@ -342,6 +343,7 @@ class Bridge:
 
     def _finish(self, how: str, error: int = 0) -> None:
         self.done = how
+        self.stats["finished_s"] = round(time.monotonic() - self.t0, 6)
         state = {"halted": "HALTED", "fault": "FAULT", "error": "ERROR"}[how]
         if error:
             self.vram.put("error", error)
