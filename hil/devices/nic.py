@@ -136,9 +136,10 @@ class NicKind(DeviceKind):
     metrics = {"peer.datagrams": "datagrams the host's UDP echo peer received and echoed"}
 
     def parse(self, f, ctx):
+        before = len(ctx.problems.items)
         model = f.choice("model", MODELS, "e1000")
         port = self._echo_port(f, ctx)
-        if not model or not f.ok:
+        if not model or len(ctx.problems.items) > before:
             return None
         return Nic(model=model, udp_echo_port=port)
 
@@ -151,10 +152,7 @@ class NicKind(DeviceKind):
         e.done()
         if port is not None and not 1024 <= port <= 65535:
             e.error("port", f"{port} is not a port the peer can take: 1024 to 65535.")
-            f.ok = False
             return None
-        if port is None:
-            f.ok = False
         return port
 
     def pci_ids(self, spec):
