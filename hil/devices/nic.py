@@ -133,7 +133,14 @@ class NicKind(DeviceKind):
     name = "nic"
     keys = ("model", "udp_echo")
     spec = Nic
-    metrics = {"peer.datagrams": "datagrams the host's UDP echo peer received and echoed"}
+    metrics = {
+        "peer.datagrams": "datagrams the host's UDP echo peer received and echoed",
+        "net.rounds": "echo rounds of the pixel e1000 driver found in the trace",
+        "net.round_ms.p50": "median UDP round trip of a round as the GPU driver completes it: "
+        "TDT write -> every echo received and verified -> RDT write (ms; hil/netmetrics.py)",
+        "net.round_ms.p99": "99th percentile of net.round_ms",
+        "net.packets_per_s": "UDP datagrams out and back per second of echo rounds",
+    }
 
     def parse(self, f, ctx):
         before = len(ctx.problems.items)
@@ -171,8 +178,11 @@ class NicKind(DeviceKind):
         )
 
     def after(self, spec, ctx: AfterContext) -> list[Finding]:
+        from ..netmetrics import metrics
+
         if ctx.helper is None:
             return []
+        ctx.metrics.update(metrics(ctx.run_dir, ctx.lines))
         stats = ctx.helper.stats()
         if stats is not None:
             ctx.metrics["peer.datagrams"] = stats["datagrams"]
