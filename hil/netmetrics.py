@@ -10,7 +10,8 @@ slirp -> the host's peer -> slirp -> DMA into VRAM -> seen by a poll -> verified
 
 The driver's first four TDT writes are its bring-up (TDT = 0 when the ring is set up,
 then DHCP DISCOVER, REQUEST and the ARP request for 10.0.2.2:
-pxi/programs/net/echotest.pxs); they are left out.  The e1000's BAR0 comes from the driver's own line ``e1000: controller ... bar0 X``.
+pxi/programs/net/echotest.pxs); they are left out.  The e1000's BAR0 comes from the
+driver's own line ``e1000: controller ... bar0 X``.
 """
 
 from __future__ import annotations
