@@ -91,7 +91,8 @@ def get_gpu() -> Gpu:
         err = None
     if adapter is None:
         raise BackendError(
-            f"no wgpu adapter found{f' ({err})' if err else ''}: install a Vulkan driver "
+            f"no wgpu adapter found{f' ({type(err).__name__}: {err})' if err else ''}: "
+            "install a Vulkan driver "
             f"(on Debian `apt-get install mesa-vulkan-drivers libvulkan1` gives the lavapipe CPU "
             f"adapter) or use --backend numpy."
         )

@@ -436,3 +436,21 @@ def test_pixel_layout_include_is_current():
 def test_boot_info_fits_the_smallest_heap():
     assert L.BOOT_INFO_SIZE <= L.Regions(L.MIN_VRAM).heap_size
     assert L.FUNC.field("bar").at(5) + 8 <= L.FUNC.field("size").offset
+
+
+def test_a_stop_inside_the_adapter_request_is_not_a_missing_adapter(monkeypatch):
+    """Regression (H200 host): hil's SIGTERM reached the bridge while wgpu was asked for an
+    adapter; pxi.gpu's `except Exception` turned the bridge's Stop into "no wgpu adapter
+    found", and the run read as a bridge crash instead of QEMU's own start-up error."""
+    import wgpu
+
+    from hil.vgpu import bridge
+    from pxi import gpu
+
+    def interrupted(**kw):
+        raise bridge.Stop()
+
+    monkeypatch.setattr(gpu, "_GPU", None)
+    monkeypatch.setattr(wgpu.gpu, "request_adapter_sync", interrupted)
+    with pytest.raises(bridge.Stop):
+        gpu.get_gpu()

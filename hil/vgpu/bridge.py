@@ -44,8 +44,10 @@ log = logging.getLogger("bridge")
 MAX_THREADS = 1 << 20
 
 
-class Stop(Exception):
-    """SIGTERM/SIGINT: finish the records and exit."""
+class Stop(BaseException):
+    """SIGTERM/SIGINT: finish the records and exit.  A BaseException, like
+    KeyboardInterrupt, so that no `except Exception` on the way (wgpu's adapter request
+    in pxi.gpu, seen on the H200 host) turns a stop into a "crash"."""
 
 
 class Bridge:
