@@ -17,9 +17,11 @@ console timestamp has to be matched against the bridge's.  Inside a phase:
 * a round starts at the end of the run that rang queue pair 1's SQ tail doorbell and
   ends at the end of the last run that rang its CQ head doorbell before the next SQ
   doorbell: a command's latency at QD1, the slowest of the QD commands at QD > 1;
-* IOPS = QD x rounds / (first round's start .. last round's end); MB/s with 4 KiB reads;
-* GPU execution = the runs' ``dt`` inside that window; mailbox = requests x the bridge's
-  median round trip.
+* the window: from the start of the run that rang the first SQ doorbell to the end of
+  the run that rang the last CQ doorbell; IOPS = QD x rounds / window, MB/s with 4 KiB
+  reads;
+* GPU execution = the ``dt`` of the runs in that window; mailbox = their requests x the
+  bridge's median round trip.
 
 Nothing in the trace is trusted to be well formed: a phase without its end marker, a
 round without a CQ doorbell, a line that is not a marker are skipped, never guessed.
@@ -65,10 +67,12 @@ class Phase:
     rounds_asked: int
     errors: int | None = None  # from the end marker; None while open
     rounds: list[float] = field(default_factory=list)  # seconds per round
-    first: float | None = None  # first round's start
-    last: float | None = None  # last round's end
-    gpu_s: float = 0.0  # executor time inside [first, last]
+    first: float | None = None  # the window's start
+    last: float | None = None  # its end: the last round's end
+    gpu_s: float = 0.0  # executor time inside the window
     requests: int = 0  # requests made inside it
+    run_gpu_s: float = 0.0  # running totals since the window's start
+    run_requests: int = 0
 
     def result(self, roundtrip_s: float) -> dict:
         span = (self.last - self.first) if self.rounds else 0.0
@@ -135,7 +139,6 @@ class _Tracker:
     def _close_round(self) -> None:
         if self.open is not None and self.start is not None and self.last_cq is not None:
             self.open.rounds.append(self.last_cq - self.start)
-            self.open.first = self.start if self.open.first is None else self.open.first
             self.open.last = self.last_cq
         self.start = self.last_cq = None
 
@@ -145,9 +148,10 @@ class _Tracker:
         except (KeyError, TypeError, ValueError):
             return
         end = at + dt
-        if self.open is not None and self.open.first is not None:
-            self.open.gpu_s += dt
-            self.open.requests += len(reqs)
+        p = self.open
+        if p is not None and p.first is not None:
+            p.run_gpu_s += dt
+            p.run_requests += len(reqs)
         for req in reqs:
             if not isinstance(req, list) or len(req) != 7:
                 continue
@@ -158,16 +162,17 @@ class _Tracker:
                 if addr == self.bar0 + SQ1_DB:
                     self._close_round()
                     self.start = end
-                    if self.open.first is None:  # the window starts with the first round
-                        self.open.gpu_s, self.open.requests = dt, len(reqs)
+                    if p.first is None:  # the window starts with the first round's run
+                        p.first, p.run_gpu_s, p.run_requests = at, dt, len(reqs)
                 elif addr == self.bar0 + CQ1_DB and self.start is not None:
                     self.last_cq = end
+                    p.gpu_s, p.requests = p.run_gpu_s, p.run_requests
 
     def _byte(self, b: int) -> None:
         if b == 0x0A:
             self.line(self.text.decode("ascii", "replace").strip())
             self.text.clear()
-        elif len(self.text) < MAX_LINE:
+        elif b >= 0x20 and len(self.text) < MAX_LINE:  # (the divisor latch write is 0x01)
             self.text.append(b)
 
 

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import qemuopt
+from .. import nvmeperf, qemuopt
 from ..errors import UserError
 from ..pattern import Pattern
 from ..steps.patterns import parse_pattern
@@ -44,6 +44,7 @@ class NvmeKind(DeviceKind):
     keys = ("size", "fill", "file", "serial", "errors_allowed", "lba_size")
     spec = Nvme
     TRACES = ("pci_nvme_err_", "pci_nvme_ub_")
+    metrics = nvmeperf.catalogue()  # when a pixel driver ran bench phases (hil/nvmeperf.py)
 
     def parse(self, f, ctx):
         allowed = self._allowed(f, ctx)
@@ -142,6 +143,7 @@ class NvmeKind(DeviceKind):
         """QEMU's error trace: every line no nvme device of the plan allows."""
         if spec is not next(d for d in ctx.plan.devices if d.kind == "nvme"):
             return []  # the trace is the machine's: judged once, by the first nvme
+        ctx.metrics.update(nvmeperf.metrics(ctx.run_dir))
         allowed = [p for d in ctx.plan.devices if d.kind == "nvme" for p in d.errors_allowed]
         try:
             with (ctx.run_dir / "qemu.log").open(errors="replace") as log:

@@ -507,7 +507,9 @@ def main(argv: list[str] | None = None) -> int:
         log.info("QEMU connected; VRAM %d bytes", args.vram_size)
         bridge.warm_up()
         while True:
-            ev = server.wait(0 if bridge.runnable and not bridge.done else bridge.wait_timeout_s(1.0))
+            ev = server.wait(
+                0 if bridge.runnable and not bridge.done else bridge.wait_timeout_s(1.0)
+            )
             if ev == "hangup":
                 reason = "qemu-exited"
                 log.info("QEMU hung up")
