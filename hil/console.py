@@ -3,11 +3,21 @@
 Scenario patterns match whole lines (docs/scenarios.md), so the driver hands out complete
 lines, each stamped with the host time its newline arrived, and writes them to
 ``serial.log`` as they come (a crash loses nothing already printed).
+
+Voluminous output (docs/console.md, "Floods"): the driver splits lines itself, in one
+pass over what arrives -- pexpect's own search would copy its whole buffer at every read
+while a line has no newline, and hold it all.  A line longer than ``MAX_LINE`` characters
+is handed out in pieces of ``MAX_LINE`` (nothing is dropped; each piece is a line of its
+own), so memory stays bounded by that and the kept lines.  ANSI escape sequences (colour,
+cursor moves: CSI, OSC and two-character ESC sequences) and other control characters but
+the tab are removed from a line's text, so patterns see what a person reads.
 """
 
 from __future__ import annotations
 
+import re
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +36,59 @@ class ConsoleClosed(Exception):
     """The other end hung up: QEMU exited."""
 
 
+MAX_LINE = 1 << 20  # characters; a longer line comes out in pieces this long
+READ_SIZE = 1 << 16  # bytes per read of the pty
+_ANSI = re.compile(
+    r"\x1b\[[0-?]*[ -/]*[@-~]"  # CSI: colours, cursor movement, erase
+    r"|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?"  # OSC: window titles, hyperlinks
+    r"|\x1b[ -/]*[0-~]"  # two-character sequences (charset selection, ...)
+    r"|[\x00-\x08\x0b-\x1f\x7f]"  # other controls (a lone ESC too), but tab and newline
+)
+
+
+def clean(text: str) -> str:
+    """A console line as patterns see it: no escape sequences or control characters."""
+    return _ANSI.sub("", text) if ("\x1b" in text or not text.isprintable()) else text
+
+
+class LineSplitter:
+    """Text in, complete lines out, in one pass: pieces of a long line are kept in a list
+    (joined once), and a line reaching ``max_line`` characters is cut there."""
+
+    def __init__(self, max_line: int = MAX_LINE):
+        self.max_line = max_line
+        self.parts: list[str] = []
+        self.size = 0
+
+    def feed(self, text: str) -> list[str]:
+        out = []
+        while text:
+            nl = text.find("\n")
+            piece = text if nl < 0 else text[:nl]
+            room = self.max_line - self.size
+            if len(piece) >= room:  # the line is full: cut it here
+                self.parts.append(piece[:room])
+                out.append(self._take())
+                text = text[room:]
+                continue
+            self.parts.append(piece)
+            self.size += len(piece)
+            if nl < 0:
+                break
+            out.append(self._take())
+            text = text[nl + 1 :]
+        return out
+
+    def rest(self) -> str:
+        """What came after the last newline (at EOF: an unterminated last line)."""
+        return self._take()
+
+    def _take(self) -> str:
+        line = "".join(self.parts)
+        self.parts, self.size = [], 0
+        return line
+
+
 class Console:
     def __init__(
         self,
@@ -38,6 +101,9 @@ class Console:
         self.on_line = on_line
         self.lines: list[Line] = []
         self.closed = False
+        self._eof = False
+        self._split = LineSplitter()
+        self._ready: deque[tuple[float, str]] = deque()  # split, not handed out yet
         self._log = log_path.open("w", encoding="utf-8")
         # The fd belongs to the machine (which closes it); we only read and write.
         self._child = fdpexpect.fdspawn(
@@ -52,20 +118,28 @@ class Console:
         Raises ConsoleClosed once QEMU has gone and every line was handed out."""
         if self.closed:
             raise ConsoleClosed
-        try:
-            self._child.expect_exact("\n", timeout=max(timeout, 0))
-        except pexpect.TIMEOUT:
-            return None
-        except pexpect.EOF:
-            self.closed = True
-            rest = self._child.before or ""
-            if rest.strip():
-                return self._add(rest)  # an unterminated last line still counts
-            raise ConsoleClosed from None
-        return self._add(self._child.before)
+        end = time.monotonic() + max(timeout, 0)
+        while not self._ready:
+            if self._eof:
+                self.closed = True
+                rest = self._split.rest()
+                if rest.strip():
+                    return self._add(rest, self.now())  # an unterminated last line counts
+                raise ConsoleClosed
+            try:
+                data = self._child.read_nonblocking(READ_SIZE, max(end - time.monotonic(), 0))
+            except pexpect.TIMEOUT:
+                return None
+            except pexpect.EOF:
+                self._eof = True
+                continue
+            t = self.now()  # every line completed by this read arrived now
+            self._ready.extend((t, text) for text in self._split.feed(data))
+        t, text = self._ready.popleft()
+        return self._add(text, t)
 
-    def _add(self, text: str) -> Line:
-        line = Line(self.now(), text.rstrip("\r"))
+    def _add(self, text: str, t: float) -> Line:
+        line = Line(t, clean(text.rstrip("\r")))
         self.lines.append(line)
         self._log.write(f"{line.t * 1000:11.3f} {line.text}\n")
         self._log.flush()
