@@ -79,6 +79,10 @@ class LineSplitter:
             text = text[nl + 1 :]
         return out
 
+    def partial(self) -> str:
+        """The line read so far (no newline yet)."""
+        return "".join(self.parts)
+
     def rest(self) -> str:
         """What came after the last newline (at EOF: an unterminated last line)."""
         return self._take()
@@ -104,6 +108,11 @@ class Console:
         self._eof = False
         self._split = LineSplitter()
         self._ready: deque[tuple[float, str]] = deque()  # split, not handed out yet
+        # wait_text's mark: text before it (line number counted over every line split so
+        # far, and column) was consumed by a match and is not searched again
+        self._handed = 0  # lines handed out of _ready
+        self._mark = (0, 0)
+        self._partial_t = 0.0  # when the partial line last grew
         self._log = log_path.open("w", encoding="utf-8")
         # The fd belongs to the machine (which closes it); we only read and write.
         self._child = fdpexpect.fdspawn(
@@ -133,10 +142,50 @@ class Console:
             except pexpect.EOF:
                 self._eof = True
                 continue
-            t = self.now()  # every line completed by this read arrived now
-            self._ready.extend((t, text) for text in self._split.feed(data))
+            self._feed(data)
         t, text = self._ready.popleft()
+        self._handed += 1
         return self._add(text, t)
+
+    def _feed(self, data: str) -> None:
+        t = self._partial_t = self.now()  # every line completed by this read arrived now
+        self._ready.extend((t, text) for text in self._split.feed(data))
+
+    def wait_text(self, text: str, timeout: float) -> float | None:
+        """The time (seconds since launch) ``text`` arrived, within a line or not (an echo
+        of typed keys has no newline yet); None when ``timeout`` passes first or QEMU
+        has gone.  Lines are still handed out whole by read_line; what came up to and
+        including ``text`` is not searched again by the next wait_text."""
+        if self.closed or not text or "\n" in text:
+            return None
+        end = time.monotonic() + max(timeout, 0)
+        while (hit := self._find(text)) is None:
+            if self._eof or (left := end - time.monotonic()) <= 0:
+                return None
+            try:
+                data = self._child.read_nonblocking(READ_SIZE, left)
+            except pexpect.TIMEOUT:
+                return None
+            except pexpect.EOF:
+                self._eof = True
+                return None
+            self._feed(data)
+        return hit
+
+    def _find(self, text: str) -> float | None:
+        """Search what was read after the mark: the lines not handed out, then the partial
+        line; move the mark past a match."""
+        line, col = self._mark
+        candidates = [(self._handed + i, t, s) for i, (t, s) in enumerate(self._ready)]
+        candidates.append((self._handed + len(self._ready), self._partial_t, self._split.partial()))
+        for n, t, s in candidates:
+            if n < line:
+                continue
+            i = s.find(text, col if n == line else 0)
+            if i >= 0:
+                self._mark = (n, i + len(text))
+                return t
+        return None
 
     def _add(self, text: str, t: float) -> Line:
         line = Line(t, clean(text.rstrip("\r")))

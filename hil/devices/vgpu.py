@@ -239,7 +239,10 @@ class VgpuKind(DeviceKind):
             if (ctx.run_dir / name).exists():
                 ctx.artifacts[name] = name
         if stats.get("ended") == "crashed":
-            return [Finding("vgpu", "error", "the vGPU bridge crashed; see bridge.log", "infra")]
+            why = stats.get("crash")
+            why = f": {why}" if isinstance(why, str) and why else ""
+            msg = f"the vGPU bridge crashed{why[:400]} (bridge.log has the traceback)"
+            return [Finding("vgpu", "error", msg, "infra")]
         if ctx.outcome == "timeout" and stats.get("threads"):
             return [Finding("vgpu", "info", f"GPU threads at the end: {thread_summary(stats)}")]
         return []

@@ -522,9 +522,11 @@ def main(argv: list[str] | None = None) -> int:
     except TimeoutError:
         reason = "no-qemu"
         log.error("QEMU never connected")
-    except Exception:
+    except Exception as e:
         log.exception("bridge crashed")
         reason = "crashed"
+        # The verdict quotes it: "no wgpu adapter found" says more than "see bridge.log".
+        bridge.stats["crash"] = " ".join(f"{type(e).__name__}: {e}".split())[:400]
         _ignore_signals()
         bridge.close(args.run_dir, reason)
         raise
