@@ -156,3 +156,17 @@ def test_steps_match_after_the_flood(tmp_path, guest):
         """,
     )
     assert [r.status for r in out.results] == ["passed"] * 4, [r.detail for r in out.results]
+
+
+def test_wait_text_finds_an_echo_without_newline_and_lines_stay_whole(tmp_path, guest):
+    """wait_text (the key step's echoes) on the splitter: text in the partial line is
+    found at once, not found twice, and the line still comes out whole afterwards."""
+    console = Console(guest.console_fd, guest.launched, tmp_path / "serial.log")
+    os.write(guest.slave, b"before\n$ a")
+    assert console.wait_text("a", 5) is not None
+    assert console.wait_text("a", 0.2) is None  # that 'a' was consumed
+    os.write(guest.slave, b"b\n")
+    assert console.wait_text("b", 5) is not None
+    assert [console.read_line(5).text for _ in range(2)] == ["before", "$ ab"]
+    assert console.wait_text("x\n", 1) is None  # never across lines
+    console.close()
