@@ -223,7 +223,8 @@ def test_the_shipped_scenario_under_kvm_falls_back_to_polling(hil):
     fell_back = re.findall(r"nvme: no interrupt within 000003e8 ms of a command: .*", s)
     assert len(fell_back) <= 1, fell_back
     b = json.loads((r.run_dirs[0] / "bridge.json").read_text())
-    assert b["wait_timeouts"] == len(fell_back)  # one timeout, then no more waits
+    # no timeout without the fallback; with it, polling is timed waits (no CPU work)
+    assert (b["wait_timeouts"] > 0) == bool(fell_back), b["wait_timeouts"]
     assert nvme_trace(r.run_dirs[0]) == EXPECTED_TRACE
     assert r.run["metrics"]["nvme.qd16.iops"] > 0
 
