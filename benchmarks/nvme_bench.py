@@ -7,17 +7,18 @@ For each profile (TCG with completions by MSI-X -> GPU event; KVM with completio
 polling, docs/drivers.md) and queue depth (QD1: 1 worker x 1 command; QD16: 2 workers
 x 8), the block test runs in BENCH mode (pxi/programs/nvme/blocktest.pxs): rounds of QD
 random 4 KiB reads, each round submitted with one SQ doorbell and reaped to the last
-completion.  The GPU has no clock, so the host times it:
+completion.  The GPU has no clock, so the host times it from the vGPU trace with
+hil/nvmeperf.py -- the same code that gives scenarios/nvme.yaml its nvme.qd* metrics:
 
-  * IOPS, MB/s: reads / the time between the `bench start` and `bench done` console
-    lines (hil's serial timestamps);
+  * IOPS, MB/s: reads / the bench window (the run that rang the first SQ doorbell .. the
+    one that rang the last CQ doorbell; trace.jsonl `at`, `dt`);
   * latency p50/p99 per round (a command's latency at QD1; at QD16 the time the slowest
     of the 16 took): from the dispatch that rang the SQ doorbell to the one that rang the
-    CQ head doorbell after the round's last completion (trace.jsonl `at`);
-  * where the time goes inside the bench window (first SQ doorbell .. last CQ doorbell):
-    GPU execution (sum of dispatch times, trace `dt`), mailbox round trips (requests x
-    the bridge's median round trip), and the rest (the device, the kernel's interrupt
-    path, the bridge's own work between dispatches); requests per round.
+    CQ head doorbell after the round's last completion;
+  * where the time goes inside the bench window: GPU execution (sum of dispatch times,
+    trace `dt`), mailbox round trips (requests x the bridge's median round trip), and the
+    rest (the device, the kernel's interrupt path, the bridge's own work between
+    dispatches); requests per round.
 
 The reference, measured in the same run: Linux's own nvme driver and fio on the same
 QEMU NVMe device (scenarios/linux-nvme-fio.yaml with this benchmark's disk size, a Linux
@@ -29,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import subprocess
 import sys
 import tempfile
@@ -38,8 +38,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from hil import host  # noqa: E402
-from hil.vgpu import trace  # noqa: E402
+from hil import host, nvmeperf  # noqa: E402
 
 PROFILES = {"tcg (irq)": ("q35-tcg-vgpu", 1), "kvm (poll)": ("q35-kvm-vgpu", 0)}
 QDS = {1: (1, 1), 16: (2, 8)}
@@ -51,66 +50,22 @@ devices:
   - nvme: {{size: 64M, fill: zero, serial: PXBENCH}}
 gpu: {{program: {program}}}
 steps:
-  - expect: 'bench start'
+  - expect: {{regex: '^bench qd [0-9a-f]{{8}} rounds [0-9a-f]{{8}} start$'}}
     timeout: 120
-  - expect: 'bench done'
+  - expect: 'bench done errors 00000000'
     timeout: 500
   - send: shutdown
   - exit: shutdown
 """
-_TS = re.compile(r"^\s*([0-9.]+) (.*)$")
 
 
-def console_ms(serial: Path, text: str) -> float:
-    for ln in serial.read_text().splitlines():
-        m = _TS.match(ln)
-        if m and m.group(2) == text:
-            return float(m.group(1))
-    raise SystemExit(f"{serial}: no '{text}' line")
-
-
-def quantile(v: list[float], p: float) -> float:
-    v = sorted(v)
-    return v[min(len(v) - 1, int(p * len(v)))]
-
-
-def analyse(run_dir: Path, reads: int) -> dict:
-    serial = run_dir / "serial.log"
-    wall = (console_ms(serial, "bench done") - console_ms(serial, "bench start")) / 1e3
-    b = json.loads((run_dir / "bridge.json").read_text())
-    bar0 = int(re.search(r"bar0 ([0-9a-f]+) irq", serial.read_text()).group(1), 16)
-    sq_db, cq_db = bar0 + 0x1008, bar0 + 0x100C  # queue pair 1: only the bench uses it
-    runs = [r for r in trace.read(run_dir / "trace.jsonl") if r["t"] == "run"]
-    rounds, start, last_cq = [], None, None
-    first = last = None  # the bench window: first SQ doorbell .. last CQ doorbell
-    for i, r in enumerate(runs):
-        for _s, _th, _pc, kind, _w, addr, _v in r["requests"]:
-            if kind != 4 or addr not in (sq_db, cq_db):
-                continue
-            if addr == sq_db:
-                if start is not None and last_cq is not None:
-                    rounds.append(last_cq - start)
-                start, last_cq = r["at"] + r["dt"], None
-                first = i if first is None else first
-            elif start is not None:
-                last_cq, last = r["at"] + r["dt"], i
-    if start is not None and last_cq is not None:
-        rounds.append(last_cq - start)
-    window = runs[first : last + 1]
-    span = window[-1]["at"] + window[-1]["dt"] - window[0]["at"]
-    gpu = sum(r["dt"] for r in window)
-    nreq = sum(len(r["requests"]) for r in window)
-    rt = b["roundtrip_us"]["p50"] / 1e6
-    return {
-        "iops": reads / wall,
-        "mbps": reads * 4096 / wall / 1e6,
-        "lat_p50_ms": 1e3 * quantile(rounds, 0.5),
-        "lat_p99_ms": 1e3 * quantile(rounds, 0.99),
-        "rounds": len(rounds),
-        "gpu_frac": gpu / span,
-        "mailbox_frac": min(1.0, nreq * rt / span),
-        "requests": nreq,
-    }
+def analyse(run_dir: Path, qd: int) -> dict:
+    """The run's one bench phase (hil/nvmeperf.py)."""
+    rt = nvmeperf.roundtrip_s(run_dir / "bridge.json")
+    phases = [p for p in nvmeperf.analyse(run_dir / "trace.jsonl", rt) if p["qd"] == qd]
+    if not phases or not phases[0]["rounds"]:
+        raise SystemExit(f"{run_dir}: no complete QD{qd} bench phase in trace.jsonl")
+    return phases[0]
 
 
 def run_one(tmp: Path, label: str, profile: str, irq: int, qd: int, rounds: int) -> dict:
@@ -124,7 +79,7 @@ def run_one(tmp: Path, label: str, profile: str, irq: int, qd: int, rounds: int)
     )
     sc = tmp / f"{name}.yaml"
     sc.write_text(SCENARIO.format(name=name, profile=profile, program=prog))
-    return analyse(hil_run(sc, tmp / "results", name), rounds * qd)
+    return analyse(hil_run(sc, tmp / "results", name), qd)
 
 
 def hil_run(scenario: Path, results: Path, name: str) -> Path:

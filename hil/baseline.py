@@ -113,6 +113,50 @@ RULES: dict[str, MetricRule] = {
             unit="µs",
             label="mailbox round trip (median)",
         ),
+        # The pixel NVMe driver's random reads (hil/nvmeperf.py): fewer IOPS or MB/s, or
+        # a longer round, is worse.  Lavapipe on a shared host is noisy: wide floors.
+        *(
+            r
+            for qd in (1, 16)
+            for r in (
+                MetricRule(
+                    f"nvme.qd{qd}.iops",
+                    "higher",
+                    rel=0.25,
+                    abs=0.0,
+                    k=3.0,
+                    unit="/s",
+                    label=f"NVMe 4 KiB random read IOPS, QD{qd}",
+                ),
+                MetricRule(
+                    f"nvme.qd{qd}.mbps",
+                    "higher",
+                    rel=0.25,
+                    abs=0.0,
+                    k=3.0,
+                    unit="MB/s",
+                    label=f"NVMe 4 KiB random read MB/s, QD{qd}",
+                ),
+                MetricRule(
+                    f"nvme.qd{qd}.lat_p50_ms",
+                    "lower",
+                    rel=0.25,
+                    abs=0.5,
+                    k=3.0,
+                    unit="ms",
+                    label=f"NVMe read latency (median), QD{qd}",
+                ),
+                MetricRule(
+                    f"nvme.qd{qd}.lat_p99_ms",
+                    "lower",
+                    rel=0.50,
+                    abs=2.0,
+                    k=3.0,
+                    unit="ms",
+                    label=f"NVMe read latency (p99), QD{qd}",
+                ),
+            )
+        ),
     )
 }
 

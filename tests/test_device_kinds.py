@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import textwrap
 
+import pytest
+
 from hil.devices import DEVICES, AfterContext
 from hil.plan import make_plan
 from hil.scenario import load_scenario
@@ -147,3 +149,41 @@ def test_the_vgpu_program_needs_the_pxos_image(tmp_path, capsys):
 
     assert main(["validate", str(p)]) == 2
     assert "cannot carry the virtual GPU's program" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "nvme, key",
+    [
+        ("{size: 1M, namespaces: 9}", "must be 1 to 8"),
+        ("{size: 1M, namespaces: 0}", "must be 1 to 8"),
+        ("{size: 1M, namespaces: two}", "namespaces"),
+        ("{file: disk.img, namespaces: 2}", "a fresh disk each"),
+    ],
+)
+def test_nvme_namespaces_bad_input_names_the_key(tmp_path, capsys, nvme, key):
+    from hil.cli import main
+
+    (tmp_path / "disk.img").write_bytes(bytes(4096))
+    p = tmp_path / "s.yaml"
+    p.write_text(
+        f"profile: q35-tcg-bios\ndevices:\n  - nvme: {nvme}\nsteps:\n  - expect: '@stage ready'\n"
+    )
+    assert main(["validate", str(p)]) == 2
+    err = capsys.readouterr().err
+    assert "s.yaml:3" in err and "namespaces" in err and key in err, err
+    assert "Traceback" not in err
+
+
+def test_nvme_two_namespaces_attach_a_disk_each(tmp_path):
+    from hil.devices.base import AttachContext
+    from hil.devices.nvme import Nvme, NvmeKind
+
+    spec = Nvme(size=1 << 20, fill="zero", serial="S", namespaces=2)
+    ctx = AttachContext(tmp_path, name="nvme0")
+    NvmeKind().attach(spec, ctx)
+    args = " ".join(ctx.args)
+    assert "-device nvme,id=nvme0,serial=S " in args
+    assert "nvme-ns,drive=nvme0n1,nsid=1,bus=nvme0" in args
+    assert "nvme-ns,drive=nvme0n2,nsid=2,bus=nvme0" in args
+    assert set(ctx.files) == {"nvme0.disk", "nvme0n2.disk"}
+    assert all(p.stat().st_size == 1 << 20 for p in ctx.files.values())

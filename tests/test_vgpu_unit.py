@@ -161,6 +161,51 @@ main:
     assert res.divergence and res.divergence.where == "final memory"
 
 
+def test_a_wait_with_a_timeout_is_answered_when_no_event_comes(tmp_path):
+    """WAIT_EVENT selector = source | ms << WAIT_TIMEOUT_SHIFT: with no event the bridge
+    answers WAIT_TIMEOUT once the time has passed (not before), a wait without a timeout
+    keeps waiting, and the replay reproduces the answer from the trace."""
+    import time
+
+    from pxi.asm import assemble_text
+
+    prog = assemble_text(f"""
+.threads 1
+.memory 64
+main:
+    li32 r5, {L.SOURCES["IRQ"]} | (150 << {L.WAIT_TIMEOUT_SHIFT})
+    wait r4, r5
+    st32 r4, r0, 16
+    li32 r5, {L.SOURCES["IRQ"]}
+    wait r4, r5           ; no timeout: only an event ends it
+    st32 r4, r0, 20
+    halt
+""")
+    bridge, vram, server = make_bridge(tmp_path)
+    Guest(vram).load(prog)
+    bridge.serve()
+    t0 = time.monotonic()
+    bridge.serve()  # loads, runs: the thread waits
+    assert 0 < bridge.wait_timeout_s(1.0) <= 0.15
+    bridge.serve_timeouts()
+    assert not bridge.done and vram.read_heap(64)[16:20] == bytes(4)  # too early
+    time.sleep(max(0.0, t0 + 0.16 - time.monotonic()))
+    bridge.serve_timeouts()
+    assert vram.read_heap(64)[16:20] == L.WAIT_TIMEOUT.to_bytes(4, "little")
+    assert bridge.stats["wait_timeouts"] == 1 and bridge.wait_timeout_s(1.0) == 1.0
+    time.sleep(0.2)
+    bridge.serve_timeouts()
+    assert not bridge.done  # the second wait has no timeout
+    bridge.events.append({"source": L.SOURCES["IRQ"], "data": 3})
+    bridge.serve_timeouts()
+    assert bridge.done == "halted" and vram.read_heap(64)[20:24] == (3).to_bytes(4, "little")
+    bridge.close(tmp_path, "stopped")
+    server.close()
+    for backend in ("numpy", "wgpu"):
+        res = replay(read(tmp_path / "trace.jsonl"), backend)
+        assert res.divergence is None, res.divergence
+
+
 def test_hello_through_the_mailbox(tmp_path):
     from pxi.asm import assemble_file
 

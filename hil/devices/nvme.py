@@ -2,6 +2,12 @@
 
 - nvme: {size: 64M, fill: lba, serial: PXNVME0}   # a fresh disk
 - nvme: {file: disks/fs.img}                       # copy-on-write over a file
+- nvme: {size: 16M, namespaces: 2}                 # namespaces 1 and 2, a disk each
+
+With ``namespaces`` > 1 the controller gets its namespaces as ``nvme-ns`` devices on its
+own bus (QEMU 7.2: ``-device nvme,id=nvme0 -device nvme-ns,drive=..,nsid=N,bus=nvme0``),
+each with a fresh disk of ``size`` and ``fill``: artifact ``nvme0.disk`` for namespace 1
+(as with one), ``nvme0n2.disk``, ... for the others (the disk check's ``device``).
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import qemuopt
+from .. import nvmeperf, qemuopt
 from ..errors import UserError
 from ..pattern import Pattern
 from ..steps.patterns import parse_pattern
@@ -24,6 +30,7 @@ from .registry import DEVICES
 ID = PciId(0x1B36, 0x0010, 0x010802)
 MAX_FILE = 1 << 40  # a disk file of 1 TiB is attached; a larger one is a mistake
 SERIAL = re.compile(r"[A-Za-z0-9 ._:-]{1,20}")  # NVMe's SN field: 20 ASCII characters
+MAX_NAMESPACES = 8  # the pixel driver identifies namespaces 1..8
 
 
 @dataclass(frozen=True)
@@ -34,16 +41,23 @@ class Nvme:
     serial: str = ""
     errors_allowed: tuple[Pattern, ...] = ()  # QEMU trace lines that do not fail the run
     lba_size: int = 512  # the namespace's logical block size: 512 or 4096
+    namespaces: int = 1  # > 1: nvme-ns devices, a fresh disk each
     behind_root_port: bool = False
     kind = "nvme"
+
+
+def disk_name(instance: str, nsid: int) -> str:
+    """The artifact of namespace ``nsid``'s disk: nvme0.disk, nvme0n2.disk, ..."""
+    return f"{instance}.disk" if nsid == 1 else f"{instance}n{nsid}.disk"
 
 
 @DEVICES.register
 class NvmeKind(DeviceKind):
     name = "nvme"
-    keys = ("size", "fill", "file", "serial", "errors_allowed", "lba_size")
+    keys = ("size", "fill", "file", "serial", "errors_allowed", "lba_size", "namespaces")
     spec = Nvme
     TRACES = ("pci_nvme_err_", "pci_nvme_ub_")
+    metrics = nvmeperf.catalogue()  # when a pixel driver ran bench phases (hil/nvmeperf.py)
 
     def parse(self, f, ctx):
         allowed = self._allowed(f, ctx)
@@ -53,11 +67,28 @@ class NvmeKind(DeviceKind):
         if lba not in (512, 4096):
             f.error("lba_size", "must be 512 or 4096 (the LBA sizes QEMU's NVMe offers).")
             return None
+        nns = f.get("namespaces", int, 1, example="namespaces: 2")
+        if nns is None:
+            return None
+        if not 1 <= nns <= MAX_NAMESPACES:
+            f.error(
+                "namespaces",
+                f"must be 1 to {MAX_NAMESPACES} (the namespaces the pixel driver identifies).",
+            )
+            return None
         spec = self._disk(f, ctx)
         if spec is not None and spec.size and spec.size % lba:
             f.error("size", f"must be a whole number of {lba}-byte LBAs.")
             return None
-        return dataclasses.replace(spec, errors_allowed=allowed, lba_size=lba) if spec else None
+        if spec is not None and nns > 1 and spec.file is not None:
+            f.error(
+                "namespaces",
+                "several namespaces get a fresh disk each: give 'size'/'fill', not 'file'.",
+            )
+            return None
+        if spec is None:
+            return None
+        return dataclasses.replace(spec, errors_allowed=allowed, lba_size=lba, namespaces=nns)
 
     def _allowed(self, f, ctx) -> tuple | None:
         items = f.get(
@@ -122,26 +153,54 @@ class NvmeKind(DeviceKind):
             path = disk.overlay(spec.file, ctx.file("disk", f"{ctx.name}.qcow2"))
             fmt = "qcow2"
         serial = spec.serial or f"PXNVME{ctx.name.removeprefix('nvme')}"
-        ctx.add("-drive", qemuopt.props(file=path, id=ctx.name, format=fmt, **{"if": "none"}))
         lba = spec.lba_size if spec.lba_size != 512 else None  # QEMU's default: say nothing
-        ctx.add(
-            "-device",
-            qemuopt.opts(
-                "nvme",
-                serial=serial,
-                drive=ctx.name,
-                logical_block_size=lba,
-                physical_block_size=lba,
+        if spec.namespaces == 1:
+            ctx.add("-drive", qemuopt.props(file=path, id=ctx.name, format=fmt, **{"if": "none"}))
+            ctx.add(
+                "-device",
+                qemuopt.opts(
+                    "nvme",
+                    serial=serial,
+                    drive=ctx.name,
+                    logical_block_size=lba,
+                    physical_block_size=lba,
+                )
+                + ctx.bus,
             )
-            + ctx.bus,
-        )
+        else:
+            self._namespaces(spec, ctx, path, serial, lba)
         for prefix in self.TRACES:
             ctx.once("-trace", f"{prefix}*")
+
+    def _namespaces(self, spec, ctx: AttachContext, first: Path, serial: str, lba) -> None:
+        """The controller without a drive, then one nvme-ns per namespace on its bus."""
+        ctx.add("-device", qemuopt.opts("nvme", id=ctx.name, serial=serial) + ctx.bus)
+        for nsid in range(1, spec.namespaces + 1):
+            if nsid == 1:
+                path = first
+            else:
+                path = ctx.run_dir / f"{ctx.name}n{nsid}.img"
+                ctx.files[disk_name(ctx.name, nsid)] = path
+                disk.fresh(path, spec.size, spec.fill)
+            drive = f"{ctx.name}n{nsid}"
+            ctx.add("-drive", qemuopt.props(file=path, id=drive, format="raw", **{"if": "none"}))
+            ctx.add(
+                "-device",
+                qemuopt.opts(
+                    "nvme-ns",
+                    drive=drive,
+                    nsid=nsid,
+                    bus=ctx.name,
+                    logical_block_size=lba,
+                    physical_block_size=lba,
+                ),
+            )
 
     def after(self, spec, ctx: AfterContext) -> list[Finding]:
         """QEMU's error trace: every line no nvme device of the plan allows."""
         if spec is not next(d for d in ctx.plan.devices if d.kind == "nvme"):
             return []  # the trace is the machine's: judged once, by the first nvme
+        ctx.metrics.update(nvmeperf.metrics(ctx.run_dir))
         allowed = [p for d in ctx.plan.devices if d.kind == "nvme" for p in d.errors_allowed]
         try:
             with (ctx.run_dir / "qemu.log").open(errors="replace") as log:

@@ -78,6 +78,7 @@ class Bridge:
             "responses": 0,
             "denied": 0,
             "events": 0,
+            "wait_timeouts": 0,  # waits answered with WAIT_TIMEOUT (layout.py)
             "roundtrip_s": [],
             "external_write_bytes": 0,
             "problems": 0,
@@ -223,16 +224,39 @@ class Bridge:
     def _match_events(self) -> None:
         from pxi.executor import Response
 
-        answers = []
-        for req in list(self.waiting):
-            # selector 0: any event; otherwise only events of that source
-            ev = next((e for e in self.events if req.address in (0, e["source"])), None)
-            if ev is None:
+        answers, now = [], time.monotonic()
+        for item in list(self.waiting):
+            req, deadline = item
+            # selector source 0: any event; otherwise only events of that source
+            src = req.address & ((1 << L.WAIT_TIMEOUT_SHIFT) - 1)
+            ev = next((e for e in self.events if src in (0, e["source"])), None)
+            if ev is not None:
+                self.events.remove(ev)
+                value = ev["data"] & 0xFFFFFFFF
+            elif deadline is not None and now >= deadline:
+                value = L.WAIT_TIMEOUT  # the driver decides what no event means
+                self.stats["wait_timeouts"] += 1
+            else:
                 continue
-            self.events.remove(ev)
-            self.waiting.remove(req)
-            answers.append((-1, Response(req.thread, value=ev["data"] & 0xFFFFFFFF)))
+            self.waiting.remove(item)
+            answers.append((-1, Response(req.thread, value=value)))
         self._respond(answers)
+
+    def wait_timeout_s(self, idle: float) -> float:
+        """How long the main loop may sleep: ``idle``, or less when a wait times out."""
+        deadlines = [d for _, d in self.waiting if d is not None]
+        if not deadlines:
+            return idle
+        return max(0.0, min(idle, min(deadlines) - time.monotonic()))
+
+    def serve_timeouts(self) -> None:
+        """Answer the waits whose timeout has passed (and run what they release)."""
+        if self.ex is None or self.done or not self.waiting:
+            return
+        self._match_events()
+        if self.runnable:
+            self._run()
+            self._post()
 
     def _respond(self, answers: list) -> None:
         if not answers:
@@ -276,7 +300,7 @@ class Bridge:
         rows = []
         for req in res.requests:
             if req.kind == RequestKind.WAIT_EVENT:
-                self.waiting.append(req)
+                self.waiting.append((req, _deadline(t + dt, req.address)))
                 rows.append(
                     [-1, req.thread, req.pc, int(req.kind), req.width, req.address, req.value]
                 )
@@ -423,6 +447,12 @@ def _quantiles(values: list[float], scale: float = 1e6) -> dict:
     }
 
 
+def _deadline(t: float, selector: int) -> float | None:
+    """When a wait posted at ``t`` with this selector times out (None: never)."""
+    ms = (selector >> L.WAIT_TIMEOUT_SHIFT) & L.WAIT_TIMEOUT_MAX_MS
+    return t + ms / 1000 if ms else None
+
+
 def _changed(old: bytes, new: bytes, gap: int = 64) -> list[tuple[int, int]]:
     """[start, end) byte ranges where new differs from old.  Differing bytes at most
     `gap` apart share a range (so a range may hold equal bytes between them); gap=1
@@ -481,13 +511,16 @@ def main(argv: list[str] | None = None) -> int:
         log.info("QEMU connected; VRAM %d bytes", args.vram_size)
         bridge.warm_up()
         while True:
-            ev = server.wait(0 if bridge.runnable and not bridge.done else 1.0)
+            ev = server.wait(
+                0 if bridge.runnable and not bridge.done else bridge.wait_timeout_s(1.0)
+            )
             if ev == "hangup":
                 reason = "qemu-exited"
                 log.info("QEMU hung up")
                 break
             bridge.stats["doorbells_in"] += ev == "doorbell"
             bridge.serve()
+            bridge.serve_timeouts()
     except Stop:
         log.info("stopped by signal")
     except TimeoutError:

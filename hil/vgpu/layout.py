@@ -215,6 +215,13 @@ STATES = {
 }
 STATUS = {"OK": 0, "DENY": 1}
 SOURCES = {"COM1_RX": 1, "IRQ": 2}  # IRQ: data = the function's index in the boot info
+# A WAIT_EVENT selector: bits 0-7 the source (0: any), bits 8-31 a timeout in ms (0: none).
+# The bridge answers a wait that timed out with WAIT_TIMEOUT (no event has that data).
+# The GPU has no clock of its own: this is how a driver bounds a wait for an interrupt
+# that may never come (docs/drivers.md, "Interrupts or polling").
+WAIT_TIMEOUT_SHIFT = 8
+WAIT_TIMEOUT_MAX_MS = (1 << 24) - 1
+WAIT_TIMEOUT = 0xFFFFFFFF
 ERRORS = {
     "NONE": 0,
     "BAD_SIZE": 1,  # prog_width/prog_pixels inconsistent or larger than prog_max
@@ -451,4 +458,8 @@ def pxs_constants() -> str:
     for st in (BOOT, FUNC):
         out += [f"vg_{st.name}.{f.name} = 0x{f.offset:x}" for f in st.fields]
     out += [f"VG_SRC_{k} = {v}" for k, v in SOURCES.items()]
+    out += [
+        f"VG_WAIT_TIMEOUT_SHIFT = {WAIT_TIMEOUT_SHIFT}  ; selector = source | ms << shift",
+        f"VG_WAIT_TIMEOUT = 0x{WAIT_TIMEOUT:x}  ; what a wait that timed out returns",
+    ]
     return "\n".join(out) + "\n"

@@ -30,6 +30,13 @@ def test_the_shipped_nvme_scenario_passes(shipped):
     assert "2048 written LBAs hold the pattern" in checks["disk"]["reason"]
     m = run["metrics"]
     assert m["cpu_idle"] >= 0.9 and m["gpu.denied"] == 0 and m["gpu.events"] > 0
+    # the bench phase: QD16 amortises a round's cost over 16 commands
+    for qd in (1, 16):
+        assert m[f"nvme.qd{qd}.iops"] > 0 and m[f"nvme.qd{qd}.mbps"] > 0
+        assert 0 < m[f"nvme.qd{qd}.lat_p50_ms"] <= m[f"nvme.qd{qd}.lat_p99_ms"]
+    assert m["nvme.qd16.iops"] > 2 * m["nvme.qd1.iops"]
+    assert {x["metric"] for x in run["limits"]} >= {"nvme.qd1.iops", "nvme.qd16.iops"}
+    assert all(x["ok"] for x in run["limits"]), run["limits"]
     argv = run["qemu"]["argv"]
     assert "pci_nvme_err_*" in argv and "pci_nvme_ub_*" in argv
 
