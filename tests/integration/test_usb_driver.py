@@ -5,6 +5,7 @@ typed through QMP and echoed by the driver, and the stick unplugged mid-run."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -142,6 +143,12 @@ def test_events_come_by_interrupt(happy):
     _, r = happy
     assert r.run["metrics"]["gpu.events"] >= 2 * 12, r.run["metrics"]
     assert r.run["metrics"]["gpu.denied"] == 0
+    # Regression: lib/irq.pxs's "interrupt lost" fallback (bounded waits) switched the
+    # keyboard to 1 ms polling after the first quiet second; the xHCI driver waits
+    # without a timeout, so no wait ever ends by timing out.
+    bridge = json.loads((r.run_dirs[0] / "bridge.json").read_text())
+    assert bridge["wait_timeouts"] == 0, bridge
+    assert "polling from now on" not in serial(r)
 
 
 def test_storage_read_rate_is_measured(happy):
