@@ -76,6 +76,7 @@ _Noreturn void kmain(struct hvm_start_info *si, u64 tsc_lmode)
 #if PXOS_BOOT_FAULT
     asm volatile("ud2");    // image option: prove exception reporting at boot
 #endif
+    iommu_init();           // before pci_scan turns bus mastering on
     pci_scan();
     stage("pci", 0);
     pic_init();
@@ -105,6 +106,7 @@ _Noreturn void kmain(struct hvm_start_info *si, u64 tsc_lmode)
             } else if (n < sizeof line - 1)
                 line[n++] = c;
         }
+        iommu_poll();
         vgpu_poll();
         idle();
         wakes++;

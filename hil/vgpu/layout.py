@@ -214,7 +214,10 @@ STATES = {
     "ERROR": 5,  # bridge: program refused (error)
 }
 STATUS = {"OK": 0, "DENY": 1}
-SOURCES = {"COM1_RX": 1, "IRQ": 2}  # IRQ: data = the function's index in the boot info
+# IRQ: data = the function's index in the boot info.  DMAR: a device DMA the IOMMU blocked
+# (microkernel/iommu.c); data = the fault record's upper half: requester bdf in bits 15:0,
+# VT-d fault reason in bits 39:32, bit 62 set for a read (the device read memory).
+SOURCES = {"COM1_RX": 1, "IRQ": 2, "DMAR": 3}
 ERRORS = {
     "NONE": 0,
     "BAD_SIZE": 1,  # prog_width/prog_pixels inconsistent or larger than prog_max
