@@ -20,9 +20,12 @@
 #include "kernel.h"
 #include "vgpu_layout.h"
 
-#define UNIT 0xFED90000UL
-#define R32(off) (*(volatile u32 *)(UNIT + (off)))
-#define R64(off) (*(volatile u64 *)(UNIT + (off)))
+// The unit's registers through a pointer in a register, not absolute 64-bit
+// addresses: 0xFED90000 is no sign-extended imm32, and every access would cost
+// a movabs (measured: ~150 bytes).
+volatile u8 *iommu_unit = (void *)0xFED90000;    // not static: so GCC cannot fold it back
+#define R32(off) (*(volatile u32 *)(iommu_unit + (off)))
+#define R64(off) (*(volatile u64 *)(iommu_unit + (off)))
 #define FAULT_VECTOR 0x29   // irq_stub (entry.asm) sends the EOI; the idle loop polls us
 
 static u64 pool[12][512] __attribute__((aligned(4096)));   // root, context and SL tables
@@ -53,7 +56,7 @@ void iommu_init(void)
     R64(0x28) = 1UL << 63 | 1UL << 61;  // CCMD: global context-cache invalidation
     while (R64(0x28) >> 63)
         ;
-    u32 iotlb = (*(volatile u32 *)(UNIT + 0x10) >> 8 & 0x3FF) * 16 + 8;   // ECAP.IRO
+    u32 iotlb = (R32(0x10) >> 8 & 0x3FF) * 16 + 8;   // ECAP.IRO
     R64(iotlb) = 1UL << 63 | 1UL << 60;     // global IOTLB invalidation
     while (R64(iotlb) >> 63)
         ;
