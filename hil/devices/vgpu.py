@@ -73,6 +73,7 @@ class VgpuKind(DeviceKind):
         "gpu.dispatch_ms.mean": "mean time of one executor run (ms)",
         "gpu.requests": "requests the GPU posted to the guest CPU (ports, MMIO)",
         "gpu.denied": "requests the microkernel answered DENY",
+        "gpu.dma_blocked": "device DMA the IOMMU blocked (`!DMAR` lines, microkernel/iommu.c)",
         "gpu.events": "events the guest posted to the GPU's event queue",
         "gpu.roundtrip_us.p50": "median mailbox round trip: request posted by the bridge -> its "
         "response visible to the executor (µs)",
@@ -234,15 +235,27 @@ class VgpuKind(DeviceKind):
         denials = [ln.text for ln in ctx.lines if _DENY.match(ln.text)]
         if denials:
             section["denials"] = denials[:20]
+        blocked = [ln.text for ln in ctx.lines if ln.text.startswith("!DMAR ")]
+        if blocked:
+            section["dma_blocked"] = blocked[:20]
         ctx.sections["gpu"] = section
         for name in ("trace.jsonl", "bridge.json", "bridge.log"):
             if (ctx.run_dir / name).exists():
                 ctx.artifacts[name] = name
         if stats.get("ended") == "crashed":
             return [Finding("vgpu", "error", "the vGPU bridge crashed; see bridge.log", "infra")]
+        found = []
+        if blocked:  # the verdict says so: a blocked DMA is a hostile or buggy driver
+            found.append(
+                Finding(
+                    "vgpu", "info", f"the IOMMU blocked {len(blocked)} device DMA: {blocked[0]}"
+                )
+            )
         if ctx.outcome == "timeout" and stats.get("threads"):
-            return [Finding("vgpu", "info", f"GPU threads at the end: {thread_summary(stats)}")]
-        return []
+            found.append(
+                Finding("vgpu", "info", f"GPU threads at the end: {thread_summary(stats)}")
+            )
+        return found
 
 
 def gpu_metrics(stats: dict, lines) -> dict[str, float]:
@@ -252,6 +265,7 @@ def gpu_metrics(stats: dict, lines) -> dict[str, float]:
         "gpu.requests": stats["requests"],
         "gpu.denied": stats["denied"],
         "gpu.events": stats["events"],
+        "gpu.dma_blocked": sum(ln.text.startswith("!DMAR ") for ln in lines),
     }
     if stats["dispatch_total_s"]:
         m["gpu.instructions_per_s"] = round(stats["steps"] / stats["dispatch_total_s"], 1)
