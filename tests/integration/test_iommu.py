@@ -15,10 +15,13 @@ import pytest
 from hil import image
 
 from .conftest import REPO, Hil
+from .test_broker import dma_model
 
 DMATEST = REPO / "pxi" / "programs" / "nvme" / "dmatest.pxs"
 READ, WRITE = 2, 1  # NVMe opcodes: Read makes the controller write memory, Write read it
 OUTSIDE = 0x4000000  # 64 MiB: guest RAM, outside the DMA window (32-48 MiB) and VRAM
+VRAM = (0xC1000000, 0xC2000000)  # BAR2 of the 16 MiB vGPU, as pci.c places it (checked)
+BUF = 0x10000  # dmatest.pxs: the honest read's buffer, a data (heap) address
 # The stopped controller cannot post the attack's completion into VRAM and gives up.
 STOPPED = ("pci_nvme_err_addr_write addr 0xc1805010", "pci_nvme_err_cfs controller fatal status")
 
@@ -79,6 +82,9 @@ def test_device_dma_outside_vram_and_window_is_blocked(hil, image_cache, what, o
     target = {"image": 0x100000, "pgtables": pgtables(image_cache), "outside": OUTSIDE}[what]
     r, serial = run(hil, target, opcode, "q35-tcg-vgpu-iommu")
     assert r.code == 0, r.out + r.err
+    assert "bar2=m64p:c1000000/1000000" in serial  # VRAM where the model has it
+    heap = VRAM[0] + (VRAM[1] - VRAM[0]) // 2
+    assert dma_model(heap + BUF, 4096, VRAM) and not dma_model(target, 4096, VRAM)
     # the controller wrote (Read) or read (Write) memory: the fault says which
     kind = "write" if opcode == READ else "read"
     page = target & ~0xFFF
