@@ -65,7 +65,7 @@ void iommu_init(void)
     R32(0x38) = 0;
     command(1u << 31);                  // TE: from here an unmapped DMA faults
     iommu_map(VG_DMA_BASE, VG_DMA_SIZE);
-    kprintf("iommu ver=%1 cap=%1 levels=%1\n", (u64)R32(0), cap, (u64)levels);
+    kprintf("iommu ver=%1 cap=%1\n", (u64)R32(0), cap);    // CAP.SAGAW says the levels
 }
 
 // Identity-map [a, a + size), read/write.  Callers pass naturally aligned
