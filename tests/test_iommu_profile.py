@@ -52,3 +52,15 @@ def test_intel_iommu_comes_before_the_devices(monkeypatch):
     assert "intel-iommu,intremap=off" not in qemu_argv(
         MachineConfig(**{**cfg.__dict__, "iommu": False}), "/p", "/q", Path("/l")
     )
+
+
+def test_a_passing_verdict_names_the_blocked_dma():
+    from hil.devices.base import Finding
+    from hil.judge import judge
+    from hil.verdict import Verdict
+
+    note = Finding("vgpu", "info", "the IOMMU blocked 1 device DMA: !DMAR dev=00:01.0")
+    v = judge(Verdict("pass", "all 3 steps passed"), [note], [])
+    assert v.outcome == "pass"
+    assert v.reason == "all 3 steps passed; the IOMMU blocked 1 device DMA: !DMAR dev=00:01.0"
+    assert judge(Verdict("pass", "all 3 steps passed"), [], []).reason == "all 3 steps passed"
