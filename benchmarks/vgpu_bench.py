@@ -7,7 +7,11 @@ Per profile (default q35-tcg-vgpu and q35-kvm-vgpu when KVM is usable):
   * gpu-compute (scenarios/gpu-compute.yaml): the least idle vCPU over a 2 s window
     while the GPU computes, wake-ups/s, GPU instructions/s;
   * ping (benchmarks/programs/ping.pxs): 500 round trips of a single port read:
-    request posted by the bridge -> response visible to the executor, p50/p99.
+    request posted by the bridge -> response visible to the executor, p50/p99, and guest
+    wake-ups per request;
+  * drive (benchmarks/programs/drive.pxs): a driver-like stream, 16 threads each doing
+    write, write, read 100 times: requests per second (program load to end) and
+    requests served per guest wake-up.
 Targets (issue 4): idle >= 99 %; round trip median <= 100 us under KVM.
 A host-only baseline -- eventfd ping-pong between two processes, the same wake-up path
 the bridge uses -- shows how much of a round trip is the host's own wake-up cost.
@@ -35,7 +39,7 @@ from hil.runner import RunOptions, run_scenario  # noqa: E402
 from hil.scenario import load_scenario  # noqa: E402
 
 PING = """\
-name: bench-ping
+name: bench-{name}
 profile: {profile}
 timeout: 120
 gpu: {{program: {program}}}
@@ -52,10 +56,13 @@ steps:
 def write_scenarios(tmp: Path, profile: str) -> list[Path]:
     """The scenario files this benchmark runs besides scenarios/ (tools/gpu-bundle
     prebuilds their images for a GPU host)."""
-    ping = tmp / "ping.yaml"
-    program = REPO / "benchmarks" / "programs" / "ping.pxs"
-    ping.write_text(textwrap.dedent(PING.format(profile=profile, program=program)))
-    return [ping]
+    out = []
+    for name in ("ping", "drive"):
+        path = tmp / f"{name}.yaml"
+        program = REPO / "benchmarks" / "programs" / f"{name}.pxs"
+        path.write_text(textwrap.dedent(PING.format(name=name, profile=profile, program=program)))
+        out.append(path)
+    return out
 
 
 def run(path: Path, profile: str, workdir: Path) -> dict:
@@ -111,15 +118,16 @@ def main() -> int:
     )
     head = (
         f"{'profile':<14} {'adapter':<24} {'idle min':>9} {'wake/s':>7} {'GPU instr/s':>12}"
-        f" {'rt p50 us':>10} {'rt p99 us':>10} {'wake/req':>9}"
+        f" {'rt p50 us':>10} {'rt p99 us':>10} {'wake/req':>9} {'drive req/s':>12}"
+        f" {'drive req/wake':>15}"
     )
     print(head)
     print("-" * len(head))
     with tempfile.TemporaryDirectory(prefix="hil-vgpu-bench-") as tmp:
         tmp = Path(tmp)
-        (ping,) = write_scenarios(tmp, "q35-tcg-vgpu")
+        ping, drive = write_scenarios(tmp, "q35-tcg-vgpu")
         for profile in profiles:
-            idle, wake, ips, rt50, rt99, wpr, epr = [], [], [], [], [], [], []
+            idle, wake, ips, rt50, rt99, wpr, epr, drps, dwpr = ([] for _ in range(9))
             adapter = ""
             for _ in range(args.runs):
                 c = run(REPO / "scenarios" / "gpu-compute.yaml", profile, tmp)
@@ -133,12 +141,16 @@ def main() -> int:
                 kvm = p["qemu"].get("kvm_stats")
                 if kvm:
                     epr.append(kvm["exits"] / p["metrics"]["gpu.requests"])
+                d = run(drive, profile, tmp)
+                drps.append(d["metrics"]["gpu.requests_per_s"])
+                dwpr.append(d["metrics"]["gpu.wakeups_per_request"])
                 adapter = p["gpu"]["adapter"].split(" (")[0].removeprefix("wgpu on ")
             print(
                 f"{profile:<14} {adapter[:24]:<24} {min(idle) * 100:>8.2f}% "
                 f"{max(wake):>7.1f} {statistics.median(ips):>12.3g} "
                 f"{statistics.median(rt50):>10.1f} {statistics.median(rt99):>10.1f} "
-                f"{statistics.median(wpr):>9.3f}"
+                f"{statistics.median(wpr):>9.3f} {statistics.median(drps):>12.0f}"
+                f" {1 / statistics.median(dwpr):>15.1f}"
                 + (f"   KVM exits/request (whole run): {statistics.median(epr):.1f}" if epr else "")
             )
     print(
@@ -148,7 +160,9 @@ def main() -> int:
     print(
         "idle min: least idle vCPU over gpu-compute's 2 s window (worst run); rt: mailbox "
         "round trip, median over runs of each run's p50/p99 (500 requests each); wake/req: "
-        "guest wake-ups from hlt per request served."
+        "guest wake-ups from hlt per request served; drive: 16 threads x 100 x (write, write, "
+        "read), requests per second from the program's load to its end, requests per guest wake-up "
+        "(medians over runs)."
     )
     return 0
 

@@ -40,6 +40,7 @@ class Console:
         self.closed = False
         self._log = log_path.open("w", encoding="utf-8")
         # The fd belongs to the machine (which closes it); we only read and write.
+        self._pending = ""  # the start of a line whose characters wait_text consumed
         self._child = fdpexpect.fdspawn(
             fd, timeout=None, maxread=4096, encoding="utf-8", codec_errors="replace", use_poll=True
         )
@@ -58,11 +59,38 @@ class Console:
             return None
         except pexpect.EOF:
             self.closed = True
-            rest = self._child.before or ""
+            rest = self._pending + (self._child.before or "")
+            self._pending = ""
             if rest.strip():
                 return self._add(rest)  # an unterminated last line still counts
             raise ConsoleClosed from None
-        return self._add(self._child.before)
+        return self._add(self._take(self._child.before))
+
+    def _take(self, text: str) -> str:
+        text, self._pending = self._pending + text, ""
+        return text
+
+    def wait_text(self, text: str, timeout: float) -> float | None:
+        """The time (seconds since launch) ``text`` arrived, within a line or not (an echo
+        of typed keys has no newline yet); None when ``timeout`` passes first or QEMU
+        has gone.  Lines completed meanwhile are kept as lines; the part of the line
+        read up to ``text`` stays the start of the next one."""
+        if self.closed or "\n" in text:
+            return None
+        end = time.monotonic() + timeout
+        while (left := end - time.monotonic()) > 0:
+            try:
+                i = self._child.expect_exact(["\n", text], timeout=left)
+            except pexpect.TIMEOUT:
+                return None
+            except pexpect.EOF:
+                self._pending += self._child.before or ""
+                return None
+            if i == 1:
+                self._pending += self._child.before + text
+                return self.now()
+            self._add(self._take(self._child.before))
+        return None
 
     def _add(self, text: str) -> Line:
         line = Line(self.now(), text.rstrip("\r"))

@@ -35,7 +35,7 @@ SCENARIO = {
     "devices": [
         {"nvme": {"size": "16M", "fill": "lba", "serial": "PXNVME0"}},
         {"nic": {"model": "e1000"}},
-        {"usb": {"keyboard": True, "storage": "8M"}},
+        {"usb": {"keyboard": True, "storage": "8M", "fill": {"random": 3}}},
         {"display": {"model": "std"}},
     ],
     "fail_on": ["PANIC", {"regex": "^!EXC vec=(?P<vec>[0-9a-f]+)"}],
@@ -44,6 +44,9 @@ SCENARIO = {
         {"expect": {"regex": r"^stats busy=(?P<busy>[0-9a-f]+)"}, "record": {"busy": "hex"}},
         {"lines": ["a", {"regex": "b+"}], "ordered": False, "timeout": 5},
         {"send": "stats", "name": "ask"},
+        {"key": "Ab!", "echo": True, "record": "k", "gap": 0.01},
+        {"key": ["shift+a", "ret"], "hold": 0.1},
+        {"qmp": "device_del", "args": {"id": "usb0-stick"}},
         {"idle": 1.5},
         {"check": "pci"},
         {"exit": "shutdown"},

@@ -179,6 +179,37 @@ def test_hello_through_the_mailbox(tmp_path):
     server.close()
 
 
+def test_requests_per_second_from_load_to_end(tmp_path):
+    """gpu.requests_per_s (issue 17): the bridge stamps the program's end, and the metric
+    is requests over the time from load to end -- absent when the program never ended."""
+    import json
+
+    from hil.devices.vgpu import gpu_metrics
+
+    bridge, vram, server = make_bridge(tmp_path)
+    guest = Guest(vram)
+    guest.load(assemble_file_hello(), memory=4096)
+    for _ in range(200):
+        bridge.serve()
+        if bridge.done:
+            break
+        guest.serve(com1([]))
+    bridge.close(tmp_path, "stopped")
+    server.close()
+    stats = json.loads((tmp_path / "bridge.json").read_text())
+    assert stats["finished_s"] > stats["program_loaded_s"] > 0
+    m = gpu_metrics(stats, [])
+    busy = stats["finished_s"] - stats["program_loaded_s"]
+    assert m["gpu.requests_per_s"] == round(stats["requests"] / busy, 1) > 0
+    assert "gpu.requests_per_s" not in gpu_metrics({**stats, "finished_s": None}, [])
+
+
+def assemble_file_hello():
+    from pxi.asm import assemble_file
+
+    return assemble_file(REPO / "pxi" / "programs" / "hello.pxs")
+
+
 def test_bad_program_fields_are_refused(tmp_path):
     bridge, vram, server = make_bridge(tmp_path)
     vram.put("prog_width", 64)

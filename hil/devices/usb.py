@@ -1,6 +1,11 @@
 """usb: QEMU's xHCI controller (1b36:000d) with a keyboard and/or a storage stick.
 
-- usb: {keyboard: true, storage: 8M}
+- usb: {keyboard: true, storage: 8M, fill: {random: 7}}
+
+The keyboard is QEMU device ``<name>-kbd`` (the ``key`` step types on it), the stick
+``<name>-stick`` (QMP ``device_del`` unplugs it); the stick's disk is a fresh image made
+per run with the NVMe disk's fill options (artifact ``<name>.disk``, for the ``disk``
+check), 512-byte blocks.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ ID = PciId(0x1B36, 0x000D, 0x0C0330)
 class Usb:
     keyboard: bool = True
     storage: int | None = None  # bytes of a usb-storage disk, None for none
+    fill: str = "zero"  # the stick's content (devices/disk.py FILLS)
+    lba_size: int = 512  # usb-storage's SCSI block size (the disk check reads it)
     behind_root_port: bool = False
     kind = "usb"
 
@@ -26,17 +33,20 @@ class Usb:
 @DEVICES.register
 class UsbKind(DeviceKind):
     name = "usb"
-    keys = ("keyboard", "storage")
+    keys = ("keyboard", "storage", "fill")
     spec = Usb
 
     def parse(self, f, ctx):
         kbd = f.get("keyboard", bool, True)
-        storage = None
+        storage, fill = None, "zero"
         if f.has("storage"):
-            storage, _ = disk.parse_fresh(f, "storage", None, "8M")
+            storage, fill = disk.parse_fresh(f, "storage", "fill", "8M")
             if storage is None:
                 return None
-        return Usb(keyboard=bool(kbd), storage=storage)
+        elif f.has("fill"):
+            f.error("fill", "a fill is the stick's content: give 'storage: SIZE' too.")
+            return None
+        return Usb(keyboard=bool(kbd), storage=storage, fill=fill)
 
     def pci_ids(self, spec):
         return [ID]
@@ -44,10 +54,15 @@ class UsbKind(DeviceKind):
     def attach(self, spec, ctx: AttachContext):
         ctx.add("-device", qemuopt.opts("qemu-xhci", id=ctx.name) + ctx.bus)
         if spec.keyboard:
-            ctx.add("-device", qemuopt.opts("usb-kbd", bus=f"{ctx.name}.0"))
+            ctx.add("-device", qemuopt.opts("usb-kbd", id=f"{ctx.name}-kbd", bus=f"{ctx.name}.0"))
         if spec.storage:
             path = ctx.file("disk", f"{ctx.name}-storage.img")
-            disk.fresh(path, spec.storage, "zero")
+            disk.fresh(path, spec.storage, spec.fill)
             drive = f"{ctx.name}disk"
             ctx.add("-drive", qemuopt.props(file=path, id=drive, format="raw", **{"if": "none"}))
-            ctx.add("-device", qemuopt.opts("usb-storage", bus=f"{ctx.name}.0", drive=drive))
+            ctx.add(
+                "-device",
+                qemuopt.opts(
+                    "usb-storage", id=f"{ctx.name}-stick", bus=f"{ctx.name}.0", drive=drive
+                ),
+            )

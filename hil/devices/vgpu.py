@@ -78,6 +78,8 @@ class VgpuKind(DeviceKind):
         "gpu.roundtrip_us.p50": "median mailbox round trip: request posted by the bridge -> its "
         "response visible to the executor (µs)",
         "gpu.roundtrip_us.p99": "99th percentile of the mailbox round trip (µs)",
+        "gpu.requests_per_s": "requests served per second, from the program's load to its end "
+        "(the mailbox's throughput when the program does little else)",
         "gpu.wakeups_per_request": "guest wake-ups from hlt per request served (the kernel's "
         "own counters, last `stats` line)",
     }
@@ -243,7 +245,10 @@ class VgpuKind(DeviceKind):
             if (ctx.run_dir / name).exists():
                 ctx.artifacts[name] = name
         if stats.get("ended") == "crashed":
-            return [Finding("vgpu", "error", "the vGPU bridge crashed; see bridge.log", "infra")]
+            why = stats.get("crash")
+            why = f": {why}" if isinstance(why, str) and why else ""
+            msg = f"the vGPU bridge crashed{why[:400]} (bridge.log has the traceback)"
+            return [Finding("vgpu", "error", msg, "infra")]
         found = []
         if blocked:  # the verdict says so: a blocked DMA is a hostile or buggy driver
             found.append(
@@ -267,6 +272,9 @@ def gpu_metrics(stats: dict, lines) -> dict[str, float]:
         "gpu.events": stats["events"],
         "gpu.dma_blocked": sum(ln.text.startswith("!DMAR ") for ln in lines),
     }
+    busy_s = (stats.get("finished_s") or 0) - (stats.get("program_loaded_s") or 0)
+    if stats.get("program_loaded_s") is not None and busy_s > 0 and stats["requests"]:
+        m["gpu.requests_per_s"] = round(stats["requests"] / busy_s, 1)
     if stats["dispatch_total_s"]:
         m["gpu.instructions_per_s"] = round(stats["steps"] / stats["dispatch_total_s"], 1)
     for q in ("p50", "mean"):

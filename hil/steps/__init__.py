@@ -1,9 +1,9 @@
-"""Steps: one file per step kind (expect, lines, send, idle, exit, check, json), registered
-with ``STEPS``; the engine that runs them is hil/steps/engine.py."""
+"""Steps: one file per step kind (expect, lines, send, key, qmp, idle, exit, check,
+json), registered with ``STEPS``; the engine that runs them is hil/steps/engine.py."""
 
 from __future__ import annotations
 
-from . import check, exit, expect, idle, jsondoc, lines, send  # noqa: F401  (each registers its kind)
+from . import check, exit, expect, idle, jsondoc, key, lines, qmp, send  # noqa: F401  (each registers its kind)
 from .base import COMMON, DEFAULT_TIMEOUT, STEPS, Step, StepContext, StepKind
 from .check import Check
 from .engine import Outcome, StepResult, StepRunner, explain_exit

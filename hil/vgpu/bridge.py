@@ -82,6 +82,7 @@ class Bridge:
             "doorbells_in": 0,
             "interrupts_out": 0,
             "program_loaded_s": None,
+            "finished_s": None,  # when the program ended (halted, fault, error)
         }
         self.t0 = time.monotonic()
 
@@ -342,6 +343,7 @@ class Bridge:
 
     def _finish(self, how: str, error: int = 0) -> None:
         self.done = how
+        self.stats["finished_s"] = round(time.monotonic() - self.t0, 6)
         state = {"halted": "HALTED", "fault": "FAULT", "error": "ERROR"}[how]
         if error:
             self.vram.put("error", error)
@@ -489,9 +491,11 @@ def main(argv: list[str] | None = None) -> int:
     except TimeoutError:
         reason = "no-qemu"
         log.error("QEMU never connected")
-    except Exception:
+    except Exception as e:
         log.exception("bridge crashed")
         reason = "crashed"
+        # The verdict quotes it: "no wgpu adapter found" says more than "see bridge.log".
+        bridge.stats["crash"] = " ".join(f"{type(e).__name__}: {e}".split())[:400]
         _ignore_signals()
         bridge.close(args.run_dir, reason)
         raise

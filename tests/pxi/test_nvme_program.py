@@ -47,6 +47,7 @@ main:
 .include "{NVME / "nvme.pxs"}"
 .include "{NVME.parent / "lib" / "vgpu_layout.pxs"}"
 .include "{NVME.parent / "lib" / "irq.pxs"}"
+.include "{NVME.parent / "lib" / "mmio.pxs"}"
 .include "{NVME.parent / "lib" / "print.pxs"}"
 .include "{NVME.parent / "lib" / "nvme_status.pxs"}"
 .include "{NVME.parent / "uart.pxs"}"
