@@ -10,7 +10,8 @@ The order, which docs/results.md repeats:
 4. Steps that passed: the first post-run check that failed (in plan order: the
    devices' checks, then the scenario's ``checks:``) fails the run;
 5. then the first metric limit not met fails it;
-6. else the run passes.
+6. else the run passes; ``info`` findings are added to its reason too (a device DMA the
+   IOMMU blocked: the run passed, and says what was stopped).
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ def judge(steps: Verdict, findings: list[Finding], limits: list[LimitResult]) ->
             step_line=bad[0].line,
             evidence=steps.evidence,
         )
-    return steps
+    notes = [f.reason for f in findings if f.outcome == "info"]
+    return _with(steps, reason=steps.reason + "; " + "; ".join(notes)) if notes else steps
 
 
 def check_limit(lim, value) -> LimitResult:

@@ -50,6 +50,7 @@ class MachineConfig:
     append: str | None = None  # a kernel command line (-append), for kernels that take one
     device_args: tuple[str, ...] = ()
     extra_args: tuple[str, ...] = ()
+    iommu: bool = False  # attach QEMU's intel-iommu (DMA remapping only)
 
 
 def qemu_argv(cfg: MachineConfig, serial_path: str, qmp_path: str, log_path: Path) -> list[str]:
@@ -94,6 +95,12 @@ def qemu_argv(cfg: MachineConfig, serial_path: str, qmp_path: str, log_path: Pat
     ]
     if cpu:
         argv += ["-cpu", cpu]
+    if cfg.iommu:
+        # Before every PCI device: QEMU 7.2 accepts it later too, but devices created
+        # before it keep untranslated DMA, silently.  Interrupt remapping off: the kernel
+        # does not use it, MSI-X then passes untranslated, and KVM would need
+        # kernel-irqchip=split for it (docs/profiles.md).
+        argv += ["-device", "intel-iommu,intremap=off"]
     if cfg.boot == "bios" and cfg.disk is not None:
         # snapshot=on: the guest's writes go to a throw-away overlay; the cached image
         # is never modified (AHCI/IDE refuse read-only drives).

@@ -23,6 +23,7 @@ BASE_KEYS = (
     "cpus",
     "cpu",
     "acpi",
+    "iommu",
     "devices",
     "qemu_args",
 )
@@ -46,6 +47,7 @@ class Profile:
     cpus: int = 1
     cpu: str | None = None  # None: 'host' under KVM, QEMU's default under TCG
     acpi: bool = True  # QEMU's ACPI tables; the kernel does not use them
+    iommu: bool = False  # QEMU's intel-iommu (DMA remapping): microkernel/iommu.c confines DMA
     devices: tuple = ()
     qemu_args: tuple[str, ...] = field(default_factory=tuple)
     settings: dict = field(default_factory=dict, hash=False)  # device kind -> its keys
@@ -71,6 +73,7 @@ class Profile:
             "cpus": self.cpus,
             "cpu": self.cpu,
             "acpi": self.acpi,
+            "iommu": self.iommu,
             "devices": [repr(d) for d in self.devices],
             "gpu": self.gpu,
             "vram": self.vram,
@@ -127,6 +130,7 @@ def load_profile(path: Path) -> Profile:
         f.error("cpus", "must be between 1 and 64.")
     cpu = f.get("cpu", str, None, example="cpu: host")
     acpi = f.get("acpi", bool, True, example="acpi: false")
+    iommu = f.get("iommu", bool, False, example="iommu: true")
     ctx = dev.ParseContext(problems, path.parent, "profile")
     settings = {k.name: k.parse_profile(f, ctx) for k in dev.DEVICES.kinds() if k.profile_keys}
     qargs = f.get("qemu_args", list, [], example="qemu_args: ['-device', 'pvpanic']")
@@ -134,6 +138,12 @@ def load_profile(path: Path) -> Profile:
         f.error("qemu_args", "must be a list of strings, one QEMU argument each.")
     devices = dev.parse(problems, f.raw("devices"), "devices", path.parent, "profile")
     f.done()
+    if machine == "pc" and iommu:
+        problems.add(
+            node.lines.get("iommu"),
+            "iommu",
+            "QEMU's intel-iommu exists only on q35; use machine: q35 or drop iommu.",
+        )
     if machine == "pc":
         for i, d in enumerate(devices):
             if d.behind_root_port:
@@ -154,6 +164,7 @@ def load_profile(path: Path) -> Profile:
         cpus=cpus,
         cpu=cpu,
         acpi=acpi,
+        iommu=bool(iommu),
         devices=tuple(devices),
         qemu_args=tuple(qargs or ()),
         settings=settings,

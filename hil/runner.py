@@ -223,6 +223,7 @@ def _machine_config(plan: Plan, img, run_dir: Path, rec: RunRecord, helpers) -> 
         memory_mib=memory,
         cpus=p.cpus,
         acpi=p.acpi,
+        iommu=p.iommu,
         boot=p.boot,
         disk=img.disk,
         kernel=img.kernel,

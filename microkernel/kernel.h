@@ -46,6 +46,13 @@ _Noreturn void qexit(u8 code);
 
 // pci.c
 void pci_scan(void);
+void pci_stop(u32 bdf);
+
+// iommu.c
+void iommu_init(void);
+void iommu_map(u64 base, u64 size);
+void iommu_device(u32 bdf);
+void iommu_poll(void);
 
 // vgpu.c
 struct vg_payload;

@@ -170,6 +170,8 @@ static void function(u32 id, u32 type)
         f->size[(off - 0x10) / 4] = size;
         off += 4 * wide;
     }
+    if (!type)
+        iommu_device(cur);          // its DMA is confined before it may master the bus
     cfg_set(4, cmd | on);
     kputc('\n');
     // The vGPU's interrupt wakes the broker; another device's becomes an event
@@ -197,6 +199,13 @@ static void scan_bus(u32 bus)
         if (!(bdf & 7) && !(hdr & 0x80))
             bdf += 7;                       // no function 0, or single-function: skip 1-7
     } while (++bdf & 0xFF);                 // until device 31, function 7
+}
+
+// Bus mastering off: a device whose DMA the IOMMU blocked (iommu.c).
+void pci_stop(u32 bdf)
+{
+    cur = bdf;
+    cfg_set(4, cfg(4) & ~4);
 }
 
 void pci_scan(void)

@@ -51,6 +51,7 @@ void vgpu_attach(u64 bar0, u64 bar2, u64 size)
         || h->version != VG_VERSION)
         return;
     vh = h;
+    iommu_map(bar2, size);              // devices may DMA into VRAM (and the DMA window)
     heap = size / 2;
     doorbell = (volatile u32 *)(bar0 + 12);
 }

@@ -73,6 +73,7 @@ class VgpuKind(DeviceKind):
         "gpu.dispatch_ms.mean": "mean time of one executor run (ms)",
         "gpu.requests": "requests the GPU posted to the guest CPU (ports, MMIO)",
         "gpu.denied": "requests the microkernel answered DENY",
+        "gpu.dma_blocked": "device DMA the IOMMU blocked (`!DMAR` lines, microkernel/iommu.c)",
         "gpu.events": "events the guest posted to the GPU's event queue",
         "gpu.roundtrip_us.p50": "median mailbox round trip: request posted by the bridge -> its "
         "response visible to the executor (µs)",
@@ -236,6 +237,9 @@ class VgpuKind(DeviceKind):
         denials = [ln.text for ln in ctx.lines if _DENY.match(ln.text)]
         if denials:
             section["denials"] = denials[:20]
+        blocked = [ln.text for ln in ctx.lines if ln.text.startswith("!DMAR ")]
+        if blocked:
+            section["dma_blocked"] = blocked[:20]
         ctx.sections["gpu"] = section
         for name in ("trace.jsonl", "bridge.json", "bridge.log"):
             if (ctx.run_dir / name).exists():
@@ -245,9 +249,18 @@ class VgpuKind(DeviceKind):
             why = f": {why}" if isinstance(why, str) and why else ""
             msg = f"the vGPU bridge crashed{why[:400]} (bridge.log has the traceback)"
             return [Finding("vgpu", "error", msg, "infra")]
+        found = []
+        if blocked:  # the verdict says so: a blocked DMA is a hostile or buggy driver
+            found.append(
+                Finding(
+                    "vgpu", "info", f"the IOMMU blocked {len(blocked)} device DMA: {blocked[0]}"
+                )
+            )
         if ctx.outcome == "timeout" and stats.get("threads"):
-            return [Finding("vgpu", "info", f"GPU threads at the end: {thread_summary(stats)}")]
-        return []
+            found.append(
+                Finding("vgpu", "info", f"GPU threads at the end: {thread_summary(stats)}")
+            )
+        return found
 
 
 def gpu_metrics(stats: dict, lines) -> dict[str, float]:
@@ -257,6 +270,7 @@ def gpu_metrics(stats: dict, lines) -> dict[str, float]:
         "gpu.requests": stats["requests"],
         "gpu.denied": stats["denied"],
         "gpu.events": stats["events"],
+        "gpu.dma_blocked": sum(ln.text.startswith("!DMAR ") for ln in lines),
     }
     busy_s = (stats.get("finished_s") or 0) - (stats.get("program_loaded_s") or 0)
     if stats.get("program_loaded_s") is not None and busy_s > 0 and stats["requests"]:

@@ -214,7 +214,10 @@ STATES = {
     "ERROR": 5,  # bridge: program refused (error)
 }
 STATUS = {"OK": 0, "DENY": 1}
-SOURCES = {"COM1_RX": 1, "IRQ": 2}  # IRQ: data = the function's index in the boot info
+# IRQ: data = the function's index in the boot info.  DMAR: a device DMA the IOMMU blocked
+# (microkernel/iommu.c); data = the fault record's upper half: requester bdf in bits 15:0,
+# VT-d fault reason in bits 39:32, bit 62 set for a read (the device read memory).
+SOURCES = {"COM1_RX": 1, "IRQ": 2, "DMAR": 3}
 # A WAIT_EVENT selector: bits 0-7 the source (0: any), bits 8-31 a timeout in ms (0: none).
 # The bridge answers a wait that timed out with WAIT_TIMEOUT (no event has that data).
 # The GPU has no clock of its own: this is how a driver bounds a wait for an interrupt

@@ -5,7 +5,8 @@ QEMU (TCG) -- and posts requests no honest program would: forbidden ports and ad
 absurd widths and kinds, addresses at the top of the 64-bit space, kernel memory, the
 vGPU's own registers, ring counters that make no sense.  A Python model of the allow-list
 (docs/vgpu.md) predicts each answer; the kernel must give exactly that answer, never
-fault, and keep serving the console.
+fault, and keep serving the console.  The model's second half, ``dma_model``, says what
+a device the GPU programs may reach by DMA (the IOMMU's part; test_iommu.py).
 """
 
 from __future__ import annotations
@@ -55,6 +56,15 @@ def allowed_model(kind: int, width: int, addr: int, ranges) -> bool:
         and end <= DMA[1]
         or any(b <= addr and end <= e and e <= 1 << 32 for k, b, e in ranges if k != "io")
     )
+
+
+def dma_model(addr: int, nbytes: int, vram: tuple[int, int]) -> bool:
+    """May a device DMA [addr, addr + nbytes)?  With the guest IOMMU (microkernel/iommu.c,
+    docs/vgpu.md's threat model) only inside the DMA window or the vGPU's VRAM (BAR2,
+    [base, end)): the broker lets the GPU program a device, the IOMMU bounds what the
+    device then reaches.  tests/integration/test_iommu.py holds the kernel to it."""
+    end = addr + nbytes
+    return any(b <= addr and end <= e for b, e in (DMA, vram))
 
 
 class HostileBridge:

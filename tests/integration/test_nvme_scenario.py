@@ -39,6 +39,8 @@ def test_the_shipped_nvme_scenario_passes(shipped):
     assert all(x["ok"] for x in run["limits"]), run["limits"]
     argv = run["qemu"]["argv"]
     assert "pci_nvme_err_*" in argv and "pci_nvme_ub_*" in argv
+    # under the guest IOMMU (issue 15): the honest driver's DMA all lands in VRAM
+    assert "intel-iommu,intremap=off" in argv and m["gpu.dma_blocked"] == 0
 
 
 def test_wrong_expectations_fail_and_name_the_block(hil):
