@@ -104,3 +104,20 @@ steps:
     v = r.run["verdict"]
     assert v["category"] == "fail_on" and "Kernel panic - not syncing" in v["reason"]
     assert len(r.run["steps"]) == 1 and r.run["metrics"]["boot_ms"] > 0
+
+
+def test_linux_udp_echo_reference_scenario(hil):
+    """The reference for the pixel e1000 driver: Linux's e1000 echoing the same traffic off
+    the same kind of host peer, its client's summary parsed into metrics, the capture
+    judged by the same pcap check."""
+    r = hil("run", "scenarios/linux-net-echo.yaml", timeout=600)
+    assert r.code == 0, r.out + r.err
+    run = r.run
+    m = run["metrics"]
+    assert m["linux_net.ok"] == 64 and m["linux_net.lost"] == 0 and m["linux_net.bad"] == 0
+    assert m["peer.datagrams"] == 64  # the host peer saw each datagram once
+    assert 0 < m["linux_net.round_ms.p50"] <= m["linux_net.round_ms.p99"]
+    assert m["linux_net.packets_per_s"] > 0
+    pcap = next(c for c in run["checks"] if c["name"] == "pcap")
+    assert pcap["outcome"] == "pass" and "64 UDP datagrams" in pcap["reason"], pcap
+    assert {"python3.11-minimal", "libpython3.11-minimal"} <= set(run["image"]["packages"])
