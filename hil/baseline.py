@@ -157,6 +157,44 @@ RULES: dict[str, MetricRule] = {
                 ),
             )
         ),
+        # The pixel e1000 driver's UDP echo (hil/netmetrics.py) and the xHCI driver's
+        # keyboard echo and stick reads (scenarios/usb.yaml): same wide floors.
+        MetricRule(
+            "net.packets_per_s",
+            "higher",
+            rel=0.25,
+            abs=0.0,
+            k=3.0,
+            unit="/s",
+            label="UDP echo packets per second",
+        ),
+        MetricRule(
+            "net.round_ms.p50",
+            "lower",
+            rel=0.25,
+            abs=2.0,
+            k=3.0,
+            unit="ms",
+            label="UDP echo round (median)",
+        ),
+        MetricRule(
+            "key_echo.p50_ms",
+            "lower",
+            rel=0.50,
+            abs=2.0,
+            k=3.0,
+            unit="ms",
+            label="key press to echo (median)",
+        ),
+        MetricRule(
+            "usb.read_mbps",
+            "higher",
+            rel=0.25,
+            abs=0.0,
+            k=3.0,
+            unit="MB/s",
+            label="USB stick read MB/s",
+        ),
     )
 }
 

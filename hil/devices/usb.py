@@ -10,11 +10,12 @@ check), 512-byte blocks.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from .. import qemuopt
 from . import disk
-from .base import AttachContext, DeviceKind, PciId
+from .base import AfterContext, AttachContext, DeviceKind, Finding, PciId
 from .registry import DEVICES
 
 ID = PciId(0x1B36, 0x000D, 0x0C0330)
@@ -35,6 +36,11 @@ class UsbKind(DeviceKind):
     name = "usb"
     keys = ("keyboard", "storage", "fill")
     spec = Usb
+    metrics = {
+        "usb.read_mbps": "MB/s (10^6 bytes) of the pixel xHCI driver's timed stick reads: the "
+        "bytes its 'msc bench done reads N bytes B' line names over the host-clock time from "
+        "the 'msc bench start' line to that one (pxi/programs/usb/usbtest.pxs)",
+    }
 
     def parse(self, f, ctx):
         kbd = f.get("keyboard", bool, True)
@@ -66,3 +72,18 @@ class UsbKind(DeviceKind):
                     "usb-storage", id=f"{ctx.name}-stick", bus=f"{ctx.name}.0", drive=drive
                 ),
             )
+
+    def after(self, spec, ctx: AfterContext) -> list[Finding]:
+        # The lines come from the guest: their numbers are bounded before use.
+        start = done = None
+        for ln in ctx.lines:
+            if ln.text == "msc bench start":
+                start, done = ln.t, None
+            elif start is not None and (m := _BENCH_DONE.match(ln.text)):
+                done = (ln.t, int(m.group(2), 16))
+        if start is not None and done is not None and done[0] > start and 0 < done[1] < 1 << 32:
+            ctx.metrics["usb.read_mbps"] = round(done[1] / (done[0] - start) / 1e6, 4)
+        return []
+
+
+_BENCH_DONE = re.compile(r"^msc bench done reads ([0-9a-f]{8}) bytes ([0-9a-f]{8})$")

@@ -158,6 +158,8 @@ def test_storage_read_rate_is_measured(happy):
     done = next(ts for text, ts in t.items() if text.startswith("msc bench done"))
     mb_s = BENCH_READS * 0x8000 / ((done - start) / 1000) / 1e6
     assert 0.01 < mb_s < 1000, mb_s
+    # the same figure as the run's metric (hil/devices/usb.py)
+    assert abs(r.run["metrics"]["usb.read_mbps"] - mb_s) <= 0.02 * mb_s, (r.run["metrics"], mb_s)
 
 
 def test_the_stick_unplugged_mid_run(tmp_path, image_cache):
