@@ -80,7 +80,11 @@ def run_one(tmp: Path, label: str, profile: str, count: int) -> dict:
             hi=hi,
         )
     )
-    results = tmp / "results"
+    return {"count": count, **hil_run(sc, name, tmp / "results")}
+
+
+def hil_run(sc: Path, name: str, results: Path) -> dict:
+    """`hil run SC`; the run's metrics (exit on anything but a pass)."""
     p = subprocess.run(
         [sys.executable, "-m", "hil.cli", "run", str(sc), "--results", str(results)],
         cwd=REPO,
@@ -90,22 +94,11 @@ def run_one(tmp: Path, label: str, profile: str, count: int) -> dict:
     if p.returncode != 0:
         raise SystemExit(f"{name} failed:\n{p.stdout[-3000:]}{p.stderr[-2000:]}")
     run = json.loads((sorted((results / name).iterdir())[-1] / "run.json").read_text())
-    return {"count": count, **run["metrics"]}
+    return run["metrics"]
 
 
 def run_linux(tmp: Path) -> dict:
-    sc = REPO / "scenarios" / "linux-net-echo.yaml"
-    results = tmp / "results"
-    p = subprocess.run(
-        [sys.executable, "-m", "hil.cli", "run", str(sc), "--results", str(results)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-    )
-    if p.returncode != 0:
-        raise SystemExit(f"linux-net-echo failed:\n{p.stdout[-3000:]}{p.stderr[-2000:]}")
-    run = json.loads((sorted((results / "linux-net-echo").iterdir())[-1] / "run.json").read_text())
-    return run["metrics"]
+    return hil_run(REPO / "scenarios" / "linux-net-echo.yaml", "linux-net-echo", tmp / "results")
 
 
 def main() -> int:

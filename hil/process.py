@@ -15,6 +15,8 @@ import ctypes
 import os
 import signal
 import subprocess
+import sys
+from pathlib import Path
 
 from . import host
 
@@ -24,6 +26,24 @@ _PR_SET_PDEATHSIG = 1
 def launcher() -> list[str]:
     setpriv = host.which("setpriv")
     return [setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []
+
+
+def spawn_python_helper(module_argv: list[str], stderr_path) -> subprocess.Popen:
+    """``python -m MODULE ARGS`` beside QEMU (the vGPU bridge, the UDP echo peer): this
+    repository first on PYTHONPATH, stdout a pipe for its READY line, stderr to a file in
+    the run directory, its own session (stopped as a group), dying with hil."""
+    repo = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")])}
+    with open(stderr_path, "wb") as err:
+        return subprocess.Popen(
+            launcher() + [sys.executable, "-m", *module_argv],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            env=env,
+            start_new_session=True,
+            close_fds=True,
+        )
 
 
 def die_with_parent(sig: int, parent: int) -> bool:

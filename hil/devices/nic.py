@@ -17,14 +17,13 @@ import os
 import select
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from .. import qemuopt
 from ..errors import InfraError
-from ..process import Lifetime, launcher, stop_group
+from ..process import Lifetime, spawn_python_helper, stop_group
 from ..yamlsrc import Fields
 from .base import AfterContext, AttachContext, DeviceKind, Finding, PciId
 from .registry import DEVICES
@@ -53,24 +52,8 @@ class EchoPeer(Lifetime):
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        argv = [sys.executable, "-m", "hil.netpeer", "--port", str(self.port)]
-        argv += ["--run-dir", str(self.run_dir)]
-        env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join(
-                [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")]
-            ),
-        }
-        with (self.run_dir / "peer.stderr").open("wb") as err:
-            self.proc = subprocess.Popen(
-                launcher() + argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=err,
-                env=env,
-                start_new_session=True,
-                close_fds=True,
-            )
+        argv = ["hil.netpeer", "--port", str(self.port), "--run-dir", str(self.run_dir)]
+        self.proc = spawn_python_helper(argv, self.run_dir / "peer.stderr")
         line = self._first_line()
         if line.startswith(b"BIND"):
             raise InfraError(

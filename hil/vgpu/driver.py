@@ -16,13 +16,12 @@ import select
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from .. import janitor
 from ..errors import InfraError
-from ..process import Lifetime, launcher, stop_group
+from ..process import Lifetime, spawn_python_helper, stop_group
 
 READY_TIMEOUT = 30.0
 
@@ -42,8 +41,6 @@ class BridgeProcess(Lifetime):
         self.sockdir = janitor.owned_tempdir("hil-vgpu-")  # cleaned up after a SIGKILL
         self.socket = os.path.join(self.sockdir, "ivshmem.sock")
         argv = [
-            sys.executable,
-            "-m",
             "hil.vgpu.bridge",
             "--socket",
             self.socket,
@@ -56,22 +53,7 @@ class BridgeProcess(Lifetime):
             "--budget",
             str(self.budget),
         ]
-        env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join(
-                [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")]
-            ),
-        }
-        with (self.run_dir / "bridge.stderr").open("wb") as err:
-            self.proc = subprocess.Popen(
-                launcher() + argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=err,
-                env=env,
-                start_new_session=True,
-                close_fds=True,
-            )
+        self.proc = spawn_python_helper(argv, self.run_dir / "bridge.stderr")
         deadline = time.monotonic() + READY_TIMEOUT
         line = b""
         while not line.endswith(b"\n"):
