@@ -111,8 +111,13 @@ def test_a_new_failure_is_reported_first_and_exits_1(three_nights):
         text=True,
     )
     rows = r.stdout.splitlines()
-    assert r.returncode == 0 and len(rows) == 1 + 3 * 3  # 3 nights, 3 repeats each
-    assert [row.split()[3] for row in rows[1:]] == ["fail"] * 3 + ["pass"] * 6
+    assert r.returncode == 0, r.stdout + r.stderr
+    # 3 nights, 3 repeats each; on a loaded machine a night may also have re-run a
+    # suspected metric regression: those runs are a batch of kind confirm (CI saw 5).
+    nights = [row for row in rows[1:] if row.split()[-2].startswith("nightly-")]
+    others = [row for row in rows[1:] if row not in nights]
+    assert all(row.split()[-2].startswith("confirm-") for row in others), rows
+    assert [row.split()[3] for row in nights] == ["fail"] * 3 + ["pass"] * 6, rows
 
 
 def test_report_is_self_contained_and_links_every_serial_log(three_nights):
