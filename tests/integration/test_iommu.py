@@ -22,8 +22,14 @@ READ, WRITE = 2, 1  # NVMe opcodes: Read makes the controller write memory, Writ
 OUTSIDE = 0x4000000  # 64 MiB: guest RAM, outside the DMA window (32-48 MiB) and VRAM
 VRAM = (0xC1000000, 0xC2000000)  # BAR2 of the 16 MiB vGPU, as pci.c places it (checked)
 BUF = 0x10000  # dmatest.pxs: the honest read's buffer, a data (heap) address
-# The stopped controller cannot post the attack's completion into VRAM and gives up.
-STOPPED = ("pci_nvme_err_addr_write addr 0xc1805010", "pci_nvme_err_cfs controller fatal status")
+# The stopped controller cannot post the attack's completion into VRAM and gives up,
+# nor fetch the command after it (CID 2: IOSQ 0x6000 + 2 * 64 in the heap at 0xc1800000).
+SQE2_FETCH = "pci_nvme_err_addr_read addr 0xc1806080"
+STOPPED = (
+    "pci_nvme_err_addr_write addr 0xc1805010",
+    "pci_nvme_err_cfs controller fatal status",
+    SQE2_FETCH,
+)
 
 
 def scenario(hil: Hil, target: int, opcode: int, profile: str) -> object:
@@ -50,6 +56,10 @@ steps:
   - expect: 'dmatest honest read status 00000000'
     timeout: 60
   - expect: 'dmatest opcode {opcode:02x} at {target:08x}'
+    timeout: 30
+  - expect: {{regex: '^dmatest dmar event (?P<event>\\S+)$'}}
+    timeout: 30
+  - expect: {{regex: '^dmatest after the stop read (?P<after>none|done)$'}}
     timeout: 30
   - expect: {{regex: '^@gpu end state=3 '}}
     timeout: 30
@@ -95,6 +105,10 @@ def test_device_dma_outside_vram_and_window_is_blocked(hil, image_cache, what, o
     assert m["gpu.dma_blocked"] == 1
     assert m["before"] == m["after"], "the kernel's memory changed"
     assert "the IOMMU blocked 1 device DMA: !DMAR dev=00:01.0" in r.run["verdict"]["reason"]
+    # stopped (bus mastering off) before the event: the next read neither fetched nor landed
+    assert "dmatest dmar event 00000008" in serial
+    assert "dmatest after the stop read none" in serial
+    assert SQE2_FETCH in (r.run_dirs[0] / "qemu.log").read_text()
 
 
 @pytest.mark.integration
@@ -104,3 +118,5 @@ def test_control_without_the_iommu_nothing_is_blocked(hil):
     r, serial = run(hil, OUTSIDE, READ, "q35-tcg-vgpu")
     assert "!DMAR" not in serial and "iommu ver=" not in serial
     assert r.run["metrics"]["gpu.dma_blocked"] == 0
+    # nothing stopped the controller: the read after the attack lands
+    assert "dmatest dmar event none" in serial and "dmatest after the stop read done" in serial
