@@ -4,7 +4,9 @@ A hostile pixel NVMe driver (pxi/programs/nvme/dmatest.pxs) does one honest 4 Ki
 into VRAM, then points the controller at memory no device may touch: the kernel's
 image, its page tables, guest RAM outside the DMA window.  Each attack is its own boot:
 the kernel stops a device that faulted (bus mastering off), so a second attempt could
-not reach the IOMMU at all.  The control runs the same program without the IOMMU."""
+not reach the IOMMU at all -- the program proves it: after the DMAR event it reads 4 KiB
+into a marked buffer, and the mark stays.  The control runs the same program without
+the IOMMU (the read after the attack lands)."""
 
 from __future__ import annotations
 
