@@ -313,7 +313,8 @@ class Peer:
             if i % 2 == 0:  # a 42-byte frame (QEMU pads it to 60) whose IPv4 header claims 84
                 fr = self.f.echo_request(gm, g, 0x7272, i, b"", total=84)
             else:  # an IPv4 datagram of 24 bytes: too short for any ICMP echo header
-                fr = self.f.eth(gm, ETH_IP, self.f.ipv4(g, 1, b"\x08\0\0\0"))
+                four = b"\x08\0" + struct.pack("!H", cksum(b"\x08\0\0\0"))  # its checksum true
+                fr = self.f.eth(gm, ETH_IP, self.f.ipv4(g, 1, four))
             self.send(fr)
         sent["runts"] = self.cfg["runts"]
         for i in range(self.cfg["long"]):  # 1519..1522 bytes: the NIC takes them, the MTU not
@@ -340,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--qemu-socket", required=True)
     ap.add_argument("--run-dir", type=Path, required=True)
     args = ap.parse_args(argv)
+    import dpkt  # noqa: F401  (its checksums: a broken install fails here, before READY)
+
     cfg = json.loads(args.config.read_text())
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.settimeout(0.2)  # never blocks for long: SIGTERM is looked at in between

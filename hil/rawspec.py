@@ -65,7 +65,7 @@ def parse_raw_peer(f: Fields, ctx) -> RawPeerSpec | None:
         return None
     before = len(ctx.problems.items)
     e = Fields(ctx.problems, raw, f.path("raw_peer"), KEYS, f.line_of("raw_peer"))
-    guest = _ipv4(e, "guest", None)
+    guest = _ipv4(e, "guest")
     address = _ipv4(e, "address", "10.0.3.1")
     mac = e.get("mac", str, "02:00:00:00:00:01", example="mac: '02:00:00:00:00:01'")
     if mac is not None and not MAC.fullmatch(mac.lower()):
@@ -88,8 +88,8 @@ def parse_raw_peer(f: Fields, ctx) -> RawPeerSpec | None:
                        start_timeout_s=start, **counts)  # fmt: skip
 
 
-def _ipv4(e: Fields, key: str, default):
-    text = e.get(key, str, default, example=f"{key}: 10.0.3.15")
+def _ipv4(e: Fields, key: str, *default):
+    text = e.get(key, str, *default, example=f"{key}: 10.0.3.15")  # no default: required
     if text is None:
         return None
     try:

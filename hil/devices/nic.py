@@ -177,7 +177,13 @@ class RawPeer(PeerProcess):
         ]  # fmt: skip
 
     def start(self) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="hil-raw-"))
+        try:
+            self.dir = Path(tempfile.mkdtemp(prefix="hil-raw-"))
+        except OSError as e:
+            raise InfraError(
+                f"cannot create a directory for the raw network's sockets in "
+                f"{tempfile.gettempdir()}: {e.strerror or e}"
+            ) from None
         super().start()
 
     def bind_error(self, said: str) -> InfraError:
