@@ -133,6 +133,7 @@ def run_peer(tmp_path, spec: RawPeerSpec, spoil_seq=None) -> tuple[dict, Guest]:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
             s.bind(str(peer.qemu_socket))
             s.settimeout(0.2)
+            assert (peer.dir / ".hil-owner").exists()  # claimed: a SIGKILLed hil's is removed
             g = Guest(s, str(peer.peer_socket), spoil_seq)
             g.serve(time.monotonic() + 30)
             deadline = time.monotonic() + 10

@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import qemuopt, rawresult
+from .. import janitor, qemuopt, rawresult
 from ..errors import InfraError
 from ..process import Lifetime, spawn_python_helper, stop_group
 from ..rawspec import RawPeerSpec, parse_raw_peer
@@ -178,7 +178,8 @@ class RawPeer(PeerProcess):
 
     def start(self) -> None:
         try:
-            self.dir = Path(tempfile.mkdtemp(prefix="hil-raw-"))
+            # claimed: the next hil removes it if this one is SIGKILLed (hil/janitor.py)
+            self.dir = Path(janitor.owned_tempdir(prefix="hil-raw-"))
         except OSError as e:
             raise InfraError(
                 f"cannot create a directory for the raw network's sockets in "
