@@ -92,7 +92,7 @@ steps:
   - expect: 'raw: icmp echoed 00000000 burst frames 00000000 discarded 00000000'
     timeout: 90
   - expect: {{regex: '^@gpu end state=3 '}}
-    timeout: 30
+    timeout: 90
   - send: shutdown
   - exit: shutdown
 """
