@@ -9,7 +9,7 @@
       runts: 2                     # frames shorter than their IPv4 header claims
       long: 1                      # 1519..1522-byte frames: past the MTU, within the NIC
       oversize: 1                  # 1600-byte frames: QEMU's e1000 drops them
-      burst: 21                    # UDP datagrams to the discard port, back to back
+      burst: 24                    # UDP datagrams to the discard port, back to back
       discard_port: 9
       timeout_s: 30                # for ARP and for QEMU to take a frame
       start_timeout_s: 120         # for the guest's gratuitous ARP
