@@ -129,9 +129,7 @@ def main() -> int:
         tmp = Path(tmp)
         ping, drive, posted = write_scenarios(tmp, "q35-tcg-vgpu")
         for profile in profiles:
-            idle, wake, ips, rt50, rt99, wpr, epr, drps, dwpr, prps, pwpr = (
-                [] for _ in range(11)
-            )
+            idle, wake, ips, rt50, rt99, wpr, epr, drps, dwpr, prps, pwpr = ([] for _ in range(11))
             adapter = ""
             for _ in range(args.runs):
                 c = run(REPO / "scenarios" / "gpu-compute.yaml", profile, tmp)

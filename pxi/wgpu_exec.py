@@ -33,8 +33,8 @@ from .machine import (
     Status,
 )
 from .matrix import read_header
-from .tiling import SMALL_TILE, Tile, choose_tile, matmul_v4_module, matmul_wgsl
 from .opcodes import BY_MNEMONIC
+from .tiling import SMALL_TILE, Tile, choose_tile, matmul_v4_module, matmul_wgsl
 from .wgslgen import (
     COUNTERS,
     FLAGS,
