@@ -89,6 +89,12 @@ class Bridge:
             "problems": 0,
             "doorbells_in": 0,
             "interrupts_out": 0,
+            # What event-index style suppression could save (issue 17), counted before
+            # building it: interrupts raised while the guest had not yet taken every
+            # request posted before (it is awake, serving), and doorbells that came
+            # while the bridge had runnable threads (it looks at the rings anyway).
+            "interrupts_guest_serving": 0,
+            "doorbells_bridge_awake": 0,
             "program_loaded_s": None,
             "finished_s": None,  # when the program ended (halted, fault, error)
         }
@@ -378,6 +384,9 @@ class Bridge:
             batch.append(self.unposted.popleft())
         if not batch:
             return
+        # the guest's req_tail is only read for this statistic, never trusted
+        serving = self.vram.get("req_tail") != self.vram.mine["req_head"]
+        self.stats["interrupts_guest_serving"] += serving
         self.vram.post_requests(
             [
                 Posted(
@@ -560,6 +569,7 @@ def main(argv: list[str] | None = None) -> int:
                 log.info("QEMU hung up")
                 break
             bridge.stats["doorbells_in"] += ev == "doorbell"
+            bridge.stats["doorbells_bridge_awake"] += ev == "doorbell" and bridge.runnable
             bridge.serve()
             bridge.serve_timeouts()
     except Stop:
