@@ -183,3 +183,41 @@ def test_a_version_1_trace_still_reads_with_no_posted_writes(tmp_path):
 
     with pytest.raises(TraceError, match="malformed"):
         read(path)
+
+
+def test_a_thread_faulted_by_a_refused_posted_write_gives_up_its_wait(tmp_path):
+    """Its WAIT_EVENT leaves with it: the next event goes to the thread still waiting."""
+    prog = assemble_text(f"""
+.threads 2
+.memory 64
+main:
+    tid r1
+    li32 r5, {L.SOURCES["COM1_RX"]}
+    bnz r1, waiter
+    li32 r2, {CF8}
+    outp r2, r1, 32       ; refused while this thread waits below
+    wait r4, r5
+    halt
+waiter:
+    li r3, 1
+    st32 r3, r0, 0x20     ; a marker that it ran, then the same wait
+    wait r4, r5
+    st32 r4, r0, 0x10
+    halt
+""")
+    bridge, vram, server = make_bridge(tmp_path)
+    guest = Guest(vram)
+    guest.load(prog)
+    bridge.serve()
+    bridge.serve()
+    assert len(bridge.waiting) == 2
+    guest.serve(Uart())
+    bridge.serve()
+    assert [w[0].thread for w in bridge.waiting] == [1]
+    bridge.events.append({"source": L.SOURCES["COM1_RX"], "data": 0x41})
+    bridge.serve_timeouts()
+    assert bridge.done == "fault"
+    assert vram.read_heap(64)[0x10:0x14] == (0x41).to_bytes(4, "little")
+    bridge.close(tmp_path, "stopped")
+    server.close()
+    assert replay(read(tmp_path / "trace.jsonl"), "numpy").divergence is None

@@ -296,6 +296,8 @@ class Bridge:
         self.runnable |= any(not r.posted or r.deny for _, r in answers)
         for f in faults:
             if any(r.posted and r.deny and r.thread == f.thread for _, r in answers):
+                # a wait it left behind must not take an event another thread needs
+                self.waiting = [w for w in self.waiting if w[0].thread != f.thread]
                 # Only the thread's fault state tells it a posted write was refused:
                 # the header names it too (the guest's `@gpu end` reports the state).
                 self.vram.put("fault", int(f.code))
