@@ -221,3 +221,28 @@ waiter:
     bridge.close(tmp_path, "stopped")
     server.close()
     assert replay(read(tmp_path / "trace.jsonl"), "numpy").divergence is None
+
+
+def test_trace_readers_take_version_2_rows(tmp_path):
+    """The metrics that read the trace (net doorbells, NVMe rounds) accept the posted
+    flag that ends every request row now (a regression: netmetrics unpacked 7 fields)."""
+    from hil import netmetrics
+
+    bar0 = 0x10000000
+    prog = assemble_text(f"""
+.memory 64
+    li32 r2, {bar0 + netmetrics.TDT}
+    li r3, 0
+    li r4, 5
+    mwrp r2, r4, 32       ; a posted TDT write
+    mwr r2, r4, 32        ; a waiting one
+    halt
+""")
+    bridge, vram, server = make_bridge(tmp_path)
+    guest = Guest(vram)
+    guest.load(prog)
+    serve_until_done(bridge, guest, lambda e: (0, 0))
+    bridge.close(tmp_path, "stopped")
+    server.close()
+    got = netmetrics.doorbells(tmp_path / "trace.jsonl", bar0)
+    assert [db for _, db in got] == [netmetrics.TDT, netmetrics.TDT]
