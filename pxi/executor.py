@@ -34,7 +34,6 @@ from .machine import (
     MAX_BUDGET,
     MAX_MEMORY,
     NREGS,
-    POST_CREDITS,
     FaultCode,
     MatrixProblem,
     RequestKind,
@@ -246,7 +245,7 @@ class Executor(ABC):
         t = resp.thread
         if t in self._dead:
             # A refused posted write faulted it; what it asked after that was carried
-            # out by the host but no longer matters to it.
+            # out by the host but no longer matters to it (its `posted` count stays).
             if resp.posted and self._posted.get(t):
                 self._posted[t].popleft()
             elif not resp.posted:
@@ -290,7 +289,6 @@ EFFECT_FIELDS = (
 )
 NO_REG = 0xFFFFFFFF
 _CREDIT, _KEEP = EFFECT_FIELDS.index("credit"), EFFECT_FIELDS.index("keep")
-assert POST_CREDITS < 256
 
 
 def response_effect(program: Program, req: Request, resp: Response) -> list[int]:
