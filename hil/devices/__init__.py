@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..yamlsrc import Fields, LDict, Problems
-from . import display, nic, nvme, passthrough, usb, vgpu  # noqa: F401  (each registers its kind)
+from . import display, nic, nvme, passthrough, share, usb, vgpu  # noqa: F401  (each registers its kind)
 from .base import AfterContext, AttachContext, DeviceKind, Finding, ParseContext, PciId
 from .display import Display
 from .nic import Nic
