@@ -77,7 +77,9 @@ def match(kernel: dict, hosts: list[HostFunction]) -> tuple[dict, list[str]]:
 
 
 def _show(bars: dict) -> str:
-    parts = [f"{n}={b.kind}{'p' if b.prefetch else ''}/{b.size:#x}" for n, b in sorted(bars.items())]
+    parts = [
+        f"{n}={b.kind}{'p' if b.prefetch else ''}/{b.size:#x}" for n, b in sorted(bars.items())
+    ]
     return "[" + " ".join(parts) + "]" if parts else "[none]"
 
 

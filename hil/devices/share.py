@@ -61,7 +61,9 @@ class ShareKind(DeviceKind):
             f.error("path", "give either path or image_cache: true, not both.")
             return None
         if not cache and raw is None:
-            f.error(None, "required key 'path' is missing. Add e.g. 'path: /' or image_cache: true.")
+            f.error(
+                None, "required key 'path' is missing. Add e.g. 'path: /' or image_cache: true."
+            )
             return None
         if raw is not None and any(c in raw for c in "\n\r\0"):
             f.error("path", "holds a newline or NUL, which no QEMU option can carry; rename it.")
