@@ -19,6 +19,8 @@ import pytest
 
 from hil import pcicheck
 from hil.image import ImageRecipe, build
+from hil.plan import make_plan
+from hil.scenario import load_scenario
 from hil.vfio.host import parse_resource
 
 from .conftest import REPO
@@ -26,6 +28,7 @@ from .conftest import REPO
 pytestmark = [pytest.mark.integration, pytest.mark.l1]
 
 SCENARIO = REPO / "scenarios" / "passthrough-l1.yaml"
+PROGRAM = REPO / "scenarios" / "programs" / "nvme_identify.pxs"
 DEVICES = {"0000:01:00.0": "nvme", "0000:02:00.0": "e1000", "0000:03:00.0": "bochs-drm"}
 HOST_DRIVERS = "nvme=nvme e1000=e1000 vga=bochs-drm bochs=bochs-drm"
 
@@ -47,10 +50,24 @@ def _l1_sysfs(lines: list[str]) -> dict:
     return {bdf: (*ids, parse_resource("\n".join(res[bdf]))) for bdf, ids in out.items()}
 
 
-def test_passthrough_on_l1_linux(hil, image_cache, record_property):
+def _prebuild(image_cache, tmp_path) -> None:
+    """The pxOS images the inner scenarios boot, built here so that L1 finds them in the
+    shared cache (else hil builds them inside L1, under TCG). passthrough.yaml's cannot
+    be planned on this host (its devices are L1's): a scenario with the same program and
+    profile has the same recipe."""
+    build(ImageRecipe(), cache_root=image_cache)  # passthrough-nonviable.yaml's
+    probe = tmp_path / "probe.yaml"
+    probe.write_text(
+        f"name: probe\nprofile: q35-tcg-vgpu\ngpu: {{program: '{PROGRAM}'}}\n"
+        "steps:\n  - expect: x\n"
+    )
+    build(make_plan(load_scenario(probe)).recipe, cache_root=image_cache)
+
+
+def test_passthrough_on_l1_linux(hil, image_cache, tmp_path, record_property):
     if not (REPO / ".venv" / "bin" / "python").exists():
         pytest.skip("L1 runs hil from the checkout's .venv (bin/hil doctor makes it)")
-    build(ImageRecipe(), cache_root=image_cache)  # the pxOS image L1 finds in the cache
+    _prebuild(image_cache, tmp_path)
     t0 = time.monotonic()
     r = hil("run", "--retries", "0", "--no-history", str(SCENARIO), timeout=900)
     wall = time.monotonic() - t0
@@ -81,6 +98,12 @@ def test_passthrough_on_l1_linux(hil, image_cache, record_property):
         }
         got = {n: (b.kind, b.prefetch, b.size) for n, b in guest.bars.items()}
         assert got == want, (bdf, got, want)
+
+    # The pixel NVMe driver (on the vGPU in L1) identified the passed-through controller
+    # and read from it: its DMA went through L1's IOMMU into the vGPU's memory.
+    for want in ("@l2 nvme model QEMU NVMe Ctrl", "@l2 nvme serial PXL1NVME"):
+        assert want in lines, want
+    assert any(re.match(r"^@l2 identify test read lba 0-7 status 0+$", ln) for ln in lines)
 
     # SIGKILL of the hil that held the NVMe; `hil vfio restore` names that pid.
     killed = next(re.match(r"^@l1 killed pid=(\d+) ", ln) for ln in lines if "@l1 killed" in ln)
