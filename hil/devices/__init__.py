@@ -7,6 +7,7 @@ a kind owns).  A device is written the same way in a profile and in a scenario:
       - nic: {model: e1000}                # user networking, traffic kept as a pcap
       - usb: {keyboard: true, storage: 8M} # qemu-xhci + usb-kbd + usb-storage
       - display: {model: std}              # a display-class PCI function
+      - share: {path: /, tag: host}        # a host directory over virtio-9p, read-only
 
 ``parse`` turns YAML into frozen specs (validated, with file:line errors); ``attach``
 turns planned specs into QEMU arguments plus the per-run files they need (created in the
