@@ -72,14 +72,14 @@ class ShareKind(DeviceKind):
         if not cache and not path.is_dir():
             f.error("path", f"{path} is not a directory on this host; share a directory.")
             return None
-        if cache:
-            path.mkdir(parents=True, exist_ok=True)  # a fresh host has not built yet
         return Share(str(path), tag) if tag else None
 
     def pci_ids(self, spec):
         return [PCI_ID]
 
     def attach(self, spec, ctx: AttachContext):
+        # The image cache of a host that has not built anything yet: QEMU needs the directory.
+        Path(spec.path).mkdir(parents=True, exist_ok=True)
         fsdev = f"{ctx.name}-fs"
         ctx.add(
             "-fsdev",

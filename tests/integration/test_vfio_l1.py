@@ -76,6 +76,11 @@ def test_passthrough_on_l1_linux(hil, image_cache, tmp_path, record_property):
     assert r.code == 0, r.out[-3000:] + r.err[-2000:]
     lines = _console(r.run_dirs[0])
 
+    # The shares are read-only on the host's side: a read-write mount cannot write.
+    assert any(re.match(r"^@l1 host write refused: .*Read-only file system", ln) for ln in lines), [
+        ln for ln in lines if "host write" in ln
+    ]
+
     # The drivers, from L1's sysfs: the host's before, after the run, after the
     # restore that followed the SIGKILL, and at the end.
     for when in ("before", "after", "restored", "end"):
