@@ -3,7 +3,7 @@
 hil runs scenarios/passthrough-l1.yaml: an L1 Linux under TCG with QEMU's intel-iommu and
 emulated devices, the host's filesystem, this checkout and the image cache shared
 read-only over virtio-9p. Inside L1, hil itself (this checkout's .venv) passes
-scenarios/passthrough.yaml on Linux's real vfio-pci (L2: pxOS), is SIGKILLed mid-bind
+scenarios/l1/passthrough.yaml on Linux's real vfio-pci (L2: pxOS), is SIGKILLed mid-bind
 and `hil vfio restore` gives the devices back, and a non-viable group is refused. The
 outer scenario's steps check L1's lines; this test checks them again, independently of
 hil's own checks: L2's PCI listing against L1's sysfs (IDs, class, BAR kind and size),
