@@ -11,7 +11,9 @@ Per profile (default q35-tcg-vgpu and q35-kvm-vgpu when KVM is usable):
     wake-ups per request;
   * drive (benchmarks/programs/drive.pxs): a driver-like stream, 16 threads each doing
     write, write, read 100 times: requests per second (program load to end) and
-    requests served per guest wake-up.
+    requests served per guest wake-up;
+  * drive posted (benchmarks/programs/drive_posted.pxs): the same stream with both
+    writes posted (outp: the thread waits only for the read), the same two figures.
 Targets (issue 4): idle >= 99 %; round trip median <= 100 us under KVM.
 A host-only baseline -- eventfd ping-pong between two processes, the same wake-up path
 the bridge uses -- shows how much of a round trip is the host's own wake-up cost.
@@ -57,7 +59,7 @@ def write_scenarios(tmp: Path, profile: str) -> list[Path]:
     """The scenario files this benchmark runs besides scenarios/ (tools/gpu-bundle
     prebuilds their images for a GPU host)."""
     out = []
-    for name in ("ping", "drive"):
+    for name in ("ping", "drive", "drive_posted"):
         path = tmp / f"{name}.yaml"
         program = REPO / "benchmarks" / "programs" / f"{name}.pxs"
         path.write_text(textwrap.dedent(PING.format(name=name, profile=profile, program=program)))
@@ -95,6 +97,15 @@ def eventfd_pingpong(n: int = 2000) -> list[float]:
     return out
 
 
+def _count_wasted(acc: list[int], rec: dict) -> None:
+    """What doorbell/interrupt suppression could save in this run (bridge.json)."""
+    g = rec["gpu"]
+    acc[0] += g["interrupts_guest_serving"]
+    acc[1] += g["interrupts_out"]
+    acc[2] += g["doorbells_bridge_awake"]
+    acc[3] += g["doorbells_in"]
+
+
 def q(v: list[float], p: float) -> float:
     v = sorted(v)
     return v[min(len(v) - 1, int(p * len(v)))]
@@ -119,22 +130,24 @@ def main() -> int:
     head = (
         f"{'profile':<14} {'adapter':<24} {'idle min':>9} {'wake/s':>7} {'GPU instr/s':>12}"
         f" {'rt p50 us':>10} {'rt p99 us':>10} {'wake/req':>9} {'drive req/s':>12}"
-        f" {'drive req/wake':>15}"
+        f" {'drive req/wake':>15} {'posted req/s':>13} {'posted req/wake':>16}"
     )
     print(head)
     print("-" * len(head))
     with tempfile.TemporaryDirectory(prefix="hil-vgpu-bench-") as tmp:
         tmp = Path(tmp)
-        ping, drive = write_scenarios(tmp, "q35-tcg-vgpu")
+        ping, drive, posted = write_scenarios(tmp, "q35-tcg-vgpu")
         for profile in profiles:
-            idle, wake, ips, rt50, rt99, wpr, epr, drps, dwpr = ([] for _ in range(9))
+            idle, wake, ips, rt50, rt99, wpr, epr, drps, dwpr, prps, pwpr = ([] for _ in range(11))
             adapter = ""
+            wasted = {"ping": [0, 0, 0, 0], "drive": [0, 0, 0, 0], "drive posted": [0, 0, 0, 0]}
             for _ in range(args.runs):
                 c = run(REPO / "scenarios" / "gpu-compute.yaml", profile, tmp)
                 idle.append(c["metrics"]["cpu_idle"])
                 wake.append(c["metrics"]["wakeups_per_s"])
                 ips.append(c["metrics"]["gpu.instructions_per_s"])
                 p = run(ping, profile, tmp)
+                _count_wasted(wasted["ping"], p)
                 rt50.append(p["metrics"]["gpu.roundtrip_us.p50"])
                 rt99.append(p["metrics"]["gpu.roundtrip_us.p99"])
                 wpr.append(p["metrics"]["gpu.wakeups_per_request"])
@@ -142,17 +155,33 @@ def main() -> int:
                 if kvm:
                     epr.append(kvm["exits"] / p["metrics"]["gpu.requests"])
                 d = run(drive, profile, tmp)
+                _count_wasted(wasted["drive"], d)
                 drps.append(d["metrics"]["gpu.requests_per_s"])
                 dwpr.append(d["metrics"]["gpu.wakeups_per_request"])
+                # right after drive: the pair sees the same load on a shared machine
+                d = run(posted, profile, tmp)
+                _count_wasted(wasted["drive posted"], d)
+                prps.append(d["metrics"]["gpu.requests_per_s"])
+                pwpr.append(d["metrics"]["gpu.wakeups_per_request"])
+                print(
+                    f"  run {len(drps)}: drive {drps[-1]:.0f} req/s, posted {prps[-1]:.0f} req/s",
+                    flush=True,
+                )
                 adapter = p["gpu"]["adapter"].split(" (")[0].removeprefix("wgpu on ")
             print(
                 f"{profile:<14} {adapter[:24]:<24} {min(idle) * 100:>8.2f}% "
                 f"{max(wake):>7.1f} {statistics.median(ips):>12.3g} "
                 f"{statistics.median(rt50):>10.1f} {statistics.median(rt99):>10.1f} "
                 f"{statistics.median(wpr):>9.3f} {statistics.median(drps):>12.0f}"
-                f" {1 / statistics.median(dwpr):>15.1f}"
+                f" {1 / statistics.median(dwpr):>15.1f} {statistics.median(prps):>13.0f}"
+                f" {1 / statistics.median(pwpr):>16.1f}"
                 + (f"   KVM exits/request (whole run): {statistics.median(epr):.1f}" if epr else "")
             )
+            for name, (i_s, i_all, d_a, d_all) in wasted.items():
+                print(
+                    f"  {name:<13} interrupts while the guest was still serving: {i_s} of "
+                    f"{i_all}; doorbells while the bridge was awake: {d_a} of {d_all} (all runs)"
+                )
     print(
         "\nThe request stream of ping stops after the 'stats' reply, so KVM exits per request "
         "include boot and the kernel's other work (an upper bound)."
@@ -162,7 +191,10 @@ def main() -> int:
         "round trip, median over runs of each run's p50/p99 (500 requests each); wake/req: "
         "guest wake-ups from hlt per request served; drive: 16 threads x 100 x (write, write, "
         "read), requests per second from the program's load to its end, requests per guest wake-up "
-        "(medians over runs)."
+        "(medians over runs); posted: the same with both writes posted (outp). Suppression "
+        "(issue 17): interrupts the bridge raised while the guest had not yet taken the "
+        "requests posted before, and guest doorbells that came while the bridge had runnable "
+        "threads -- what an event-index scheme could save."
     )
     return 0
 

@@ -177,6 +177,17 @@ RULES: dict[str, MetricRule] = {
             unit="ms",
             label="UDP echo round (median)",
         ),
+        # ICMP echo through the raw network (hil/rawpeer.py times it on the host): a
+        # handful of pings per run, so a wider floor.
+        MetricRule(
+            "net.ping.rtt_ms.p50",
+            "lower",
+            rel=0.50,
+            abs=5.0,
+            k=3.0,
+            unit="ms",
+            label="ICMP echo round trip (median, host)",
+        ),
         MetricRule(
             "key_echo.p50_ms",
             "lower",

@@ -41,7 +41,7 @@ def doorbells(trace: Path, bar0: int) -> list[tuple[float, int]]:
         if rec.get("t") != "run":
             continue
         end = rec["at"] + rec["dt"]
-        for _seq, _th, _pc, kind, _w, addr, _v in rec.get("requests", ()):
+        for _seq, _th, _pc, kind, _w, addr, _v, *_posted in rec.get("requests", ()):
             if kind == MMIO_WRITE and addr - bar0 in (TDT, RDT):
                 out.append((end, addr - bar0))
     return out

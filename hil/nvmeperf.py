@@ -153,7 +153,7 @@ class _Tracker:
             p.run_gpu_s += dt
             p.run_requests += len(reqs)
         for req in reqs:
-            if not isinstance(req, list) or len(req) != 7:
+            if not isinstance(req, list) or len(req) not in (7, 8):  # trace v1, v2
                 continue
             kind, addr, value = req[3], req[5], req[6]
             if kind == PORT_OUT and addr == COM1_THR and isinstance(value, int):

@@ -152,6 +152,13 @@ class DriveResult:
     stuck: list[Request]  # requests left unanswered (waiting for events that never came)
 
 
+def _answer(bus: Bus, req: Request) -> Response | None:
+    a = bus.answer(req)
+    if a is None or not req.posted:
+        return a
+    return Response(req.thread, deny=a.deny, posted=True)
+
+
 def drive(ex: Executor, bus: Bus, max_steps: int = 10_000_000) -> DriveResult:
     """Run ex, answering its requests from bus, until every thread has stopped or some
     thread may have used max_steps instructions."""
@@ -166,7 +173,9 @@ def drive(ex: Executor, bus: Bus, max_steps: int = 10_000_000) -> DriveResult:
         used += res.max_thread_steps
         requests += res.requests
         faults += res.faults
-        answers = [a for a in (bus.answer(r) for r in ex.pending()) if a is not None]
+        # Per thread, its posted writes first: they were issued before what it waits on.
+        todo = sorted(ex.posted() + ex.pending(), key=lambda r: (r.thread, not r.posted))
+        answers = [a for a in (_answer(bus, r) for r in todo) if a is not None]
         if answers:
             faults += ex.respond(answers)
             continue

@@ -7,8 +7,9 @@ that its caller may read and write between runs.  The caller drives it:
     ex.write_memory(0x100, b"...")          # e.g. a DMA buffer
     res = ex.run(step_budget=1_000_000)     # until every thread is blocked/halted/out of budget
     for req in res.requests:                # new requests, ordered by thread id
-        ...
-    ex.respond([Response(req.thread, value=0x60), Response(t2, deny=True)])
+        ...                                 # (a thread's posted writes before its request)
+    ex.respond([Response(req.thread, value=0x60), Response(t2, deny=True),
+                Response(t3, posted=True)])  # t3's oldest posted write was carried out
     state = ex.state()                      # pc, status, registers, steps, ... per thread
 
 Executors know nothing about devices: ``pxi.devices`` is one caller, the vGPU bridge
@@ -19,6 +20,7 @@ both backends implement identically.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -42,7 +44,8 @@ from .matrix import PROBLEM_TEXT
 
 @dataclass(frozen=True)
 class Request:
-    """Something a thread asked the host to do; the thread is blocked until answered."""
+    """Something a thread asked the host to do; the thread is blocked until answered,
+    unless the request is posted (outp, mwrp: a write the thread does not wait for)."""
 
     thread: int
     pc: int
@@ -50,6 +53,7 @@ class Request:
     width: int  # bits: 8, 16, 32 or 64 (0 for WAIT_EVENT)
     address: int  # port number, MMIO address (64-bit) or event selector
     value: int  # the value to write (PORT_OUT, MMIO_WRITE), else 0
+    posted: bool = False  # the thread went on; answer it with Response(posted=True)
 
     def __str__(self) -> str:
         k = self.kind.name.lower()
@@ -59,16 +63,19 @@ class Request:
             else ""
         )
         w = f"{self.width} " if self.width else ""
-        return f"thread {self.thread} pc {self.pc}: {k} {w}address=0x{self.address:x}{v}"
+        p = "posted " if self.posted else ""
+        return f"thread {self.thread} pc {self.pc}: {p}{k} {w}address=0x{self.address:x}{v}"
 
 
 @dataclass(frozen=True)
 class Response:
-    """The host's answer: a value (ignored for writes) or DENY."""
+    """The host's answer: a value (ignored for writes) or DENY.  posted=True answers the
+    thread's oldest unanswered posted write instead of its pending request."""
 
     thread: int
     value: int = 0
     deny: bool = False
+    posted: bool = False
 
 
 @dataclass(frozen=True)
@@ -97,8 +104,9 @@ class MachineState:
     request: (
         np.ndarray
     )  # u32[T, 6]: kind, width, addr lo, addr hi, value lo, value hi (last request)
+    posted: np.ndarray  # u32[T]: posted writes issued and not yet answered
 
-    FIELDS = ("pc", "status", "steps", "regs", "sp", "stack", "fault", "request")
+    FIELDS = ("pc", "status", "steps", "regs", "sp", "stack", "fault", "request", "posted")
 
     def diff(self, other: MachineState) -> list[str]:
         """Human-readable differences (empty when identical)."""
@@ -156,6 +164,8 @@ class Executor(ABC):
         self.entry = program.entry if entry is None else entry
         self.profile = profile
         self._pending: dict[int, Request] = {}
+        self._posted: dict[int, deque[Request]] = {}  # per thread, oldest first
+        self._dead: set[int] = set()  # threads a refused posted write faulted
 
     # --- what backends implement ------------------------------------------------------
 
@@ -191,28 +201,74 @@ class Executor(ABC):
             raise ValueError(f"step_budget must be 0..{MAX_BUDGET}")
         res = self._run(step_budget)
         for r in res.requests:
-            self._pending[r.thread] = r
+            if r.posted:
+                self._posted.setdefault(r.thread, deque()).append(r)
+            else:
+                self._pending[r.thread] = r
         return res
 
     def pending(self) -> list[Request]:
         """Every request still waiting for a response, ordered by thread."""
         return [self._pending[t] for t in sorted(self._pending)]
 
+    def posted(self) -> list[Request]:
+        """Every posted write not yet answered, by thread, oldest first."""
+        return [r for t in sorted(self._posted) for r in self._posted[t]]
+
     def respond(self, responses: Iterable[Response]) -> list[Fault]:
         """Answer pending requests.  A value resumes the thread after the request
-        instruction; DENY faults it (FaultCode.DENIED).  Returns the DENY faults."""
-        rows, faults = [], []
-        for resp in sorted(responses, key=lambda r: r.thread):
-            req = self._pending.pop(resp.thread, None)
-            if req is None:
-                raise ValueError(f"thread {resp.thread} has no pending request to respond to")
-            row = response_effect(self.program, req, resp)
-            rows.append(row)
-            if resp.deny:
-                faults.append(Fault(req.thread, req.pc, FaultCode.DENIED, int(row[8]), int(row[9])))
+        instruction; DENY faults it (FaultCode.DENIED).  A posted answer gives the thread
+        its posting credit back; a posted DENY faults the thread at the refused write,
+        wherever it has got to since, and its later answers are ignored.  Returns the
+        DENY faults."""
+        rows, faults = {}, []
+        for resp in responses:
+            row, fault = self._answer(resp)
+            if fault is not None:
+                faults.append(fault)
+            if row is None:
+                continue
+            t = row[0]
+            # One row per thread (the GPU applies rows in parallel): credits add up, a
+            # resuming response or a fault replaces the thread's pc and status.
+            if t in rows:
+                row[_CREDIT] += rows[t][_CREDIT]
+                if row[_KEEP] and not rows[t][_KEEP]:
+                    row = [*rows[t][:_CREDIT], row[_CREDIT], 0]
+            rows[t] = row
+        rows = [rows[t] for t in sorted(rows)]
         if rows:
             self._apply_effects(np.array(rows, dtype=np.uint32).reshape(-1, len(EFFECT_FIELDS)))
-        return faults
+        return sorted(faults, key=lambda f: f.thread)
+
+    def _answer(self, resp: Response) -> tuple[list[int] | None, Fault | None]:
+        t = resp.thread
+        if t in self._dead:
+            # A refused posted write faulted it; what it asked after that was carried
+            # out by the host but no longer matters to it (its `posted` count stays).
+            if resp.posted and self._posted.get(t):
+                self._posted[t].popleft()
+            elif not resp.posted:
+                self._pending.pop(t, None)
+            return None, None
+        if not resp.posted:
+            req = self._pending.pop(t, None)
+            if req is None:
+                raise ValueError(f"thread {t} has no pending request to respond to")
+            row = response_effect(self.program, req, resp)
+            fault = Fault(t, req.pc, FaultCode.DENIED, row[8], row[9]) if resp.deny else None
+            return row, fault
+        queue = self._posted.get(t)
+        if not queue:
+            raise ValueError(f"thread {t} has no posted write to answer")
+        req = queue.popleft()
+        if not resp.deny:
+            return [t, 0, 0, NO_REG, 0, NO_REG, 0, 0, 0, 0, 1, 1], None
+        self._dead.add(t)
+        self._pending.pop(t, None)
+        row = response_effect(self.program, req, resp)
+        row[_CREDIT] = 1
+        return row, Fault(t, req.pc, FaultCode.DENIED, row[8], row[9])
 
 
 # A response effect: what a response does to its thread, computed once here so both
@@ -228,10 +284,11 @@ EFFECT_FIELDS = (
     "fault",
     "fd0",
     "fd1",
-    "pad0",
-    "pad1",
+    "credit",  # posted writes answered: the thread's POSTED count drops by this
+    "keep",  # 1: pc, status and fault stay as they are (only credits come back)
 )
 NO_REG = 0xFFFFFFFF
+_CREDIT, _KEEP = EFFECT_FIELDS.index("credit"), EFFECT_FIELDS.index("keep")
 
 
 def response_effect(program: Program, req: Request, resp: Response) -> list[int]:
@@ -282,6 +339,7 @@ def empty_state(threads: int, entry: int) -> MachineState:
         stack=np.zeros((threads, CALL_DEPTH), np.uint32),
         fault=np.zeros((threads, 3), np.uint32),
         request=np.zeros((threads, 6), np.uint32),
+        posted=np.zeros(threads, np.uint32),
     )
 
 

@@ -14,6 +14,10 @@ CALL_DEPTH = 8  # return addresses a thread's call stack holds
 MAX_PIXELS = 1 << 28  # largest program (pixels); keeps image byte addresses in u32
 MAX_MEMORY = (1 << 32) - 4  # largest data memory (bytes, a multiple of 4)
 MAX_BUDGET = (1 << 32) - 1  # largest step budget of one run()
+# Posting credits per thread: posted writes (outp, mwrp) a thread may have issued and
+# not yet seen answered.  Without a credit a posted write waits like its non-posted
+# form (docs/pxi.md, "Posted writes"); the bound keeps the request stream finite.
+POST_CREDITS = 8
 
 
 class Status(IntEnum):
@@ -85,6 +89,7 @@ STATE_FIELDS = (
     "RQ_AHI",
     "RQ_VLO",
     "RQ_VHI",
+    "POSTED",  # posted writes issued and not yet answered (0..POST_CREDITS)
     *(f"STACK{i}" for i in range(CALL_DEPTH)),
     *(f"R{i}" for i in range(NREGS)),
 )

@@ -28,7 +28,7 @@ from .executor import (
     status_counts,
 )
 from .image import Program
-from .machine import CALL_DEPTH, FaultCode, RequestKind, Status
+from .machine import CALL_DEPTH, POST_CREDITS, FaultCode, RequestKind, Status
 from .matrix import dequantize, read_header
 from .opcodes import BY_CHAR, OPCODES
 
@@ -91,6 +91,8 @@ class NumpyExecutor(Executor):
         s = empty_state(threads, self.entry)
         self.pc, self.status, self.steps, self.regs = s.pc, s.status, s.steps, s.regs
         self.sp, self.stack, self.fault, self.request = s.sp, s.stack, s.fault, s.request
+        self.posted_n = s.posted
+        self.new_posted: list[Request] = []  # posted writes of this run, in issue order
         self.budget = np.zeros(threads, np.int64)
         self.prof = np.zeros(self.npix, np.uint64) if profile else None
         # Every opcode of the table must have a handler (a missing one fails here).
@@ -104,6 +106,7 @@ class NumpyExecutor(Executor):
         blocked0 = st == Status.BLOCKED
         faulted0 = st == Status.FAULTED
         steps0 = int(self.steps.sum())
+        self.new_posted = []
         rounds = 0
         while True:
             st[st == Status.YIELDED] = Status.RUNNABLE  # a new round
@@ -121,8 +124,12 @@ class NumpyExecutor(Executor):
                 active = self._active()
         new_req = np.flatnonzero((st == Status.BLOCKED) & ~blocked0)
         new_fault = np.flatnonzero((st == Status.FAULTED) & ~faulted0)
+        # Per thread: its posted writes in the order it issued them, then the request it
+        # blocked on (always its last: a blocked thread issues nothing more).
+        reqs = sorted(self.new_posted, key=lambda r: r.thread)
+        reqs += [self._request(int(t)) for t in new_req]
         return RunResult(
-            requests=[self._request(int(t)) for t in new_req],
+            requests=sorted(reqs, key=lambda r: (r.thread, not r.posted)),
             faults=[
                 Fault(
                     int(t),
@@ -201,7 +208,7 @@ class NumpyExecutor(Executor):
             ok &= np.isin(f.a, op.widths)
         if op.mnemonic == "mrd":
             ok &= (f.b <= 14) & ~((f.a == 64) & (f.g > 14))
-        elif op.mnemonic == "mwr":
+        elif op.mnemonic in ("mwr", "mwrp"):
             ok &= (f.g <= 14) & ~((f.a == 64) & (f.b > 14))
         return ok
 
@@ -501,12 +508,50 @@ class NumpyExecutor(Executor):
         addr = self._pair(t, f.g)
         ok = self._mmio_aligned(t, addr, f.a)
         t, f, addr = t[ok], f.sub(ok), addr[ok]
+        self._block(t, RequestKind.MMIO_WRITE, f.a, addr, self._mwr_value(t, f))
+
+    def _mwr_value(self, t, f) -> np.ndarray:
         wide = f.a == 64
         value = np.where(
             wide, self._pair(t, np.minimum(f.b, 14)), self._r(t, f.b).astype(np.uint64)
         )
-        value = np.where(wide, value, value & self._mask(np.where(wide, 32, f.a)))
-        self._block(t, RequestKind.MMIO_WRITE, f.a, addr, value)
+        return np.where(wide, value, value & self._mask(np.where(wide, 32, f.a)))
+
+    def _post(self, t, kind: RequestKind, width, addr, value) -> np.ndarray:
+        """Posted writes: a thread with a credit goes on; the others wait (returned mask)."""
+        ok = self.posted_n[t] < POST_CREDITS
+        for i in np.flatnonzero(ok):
+            ti = int(t[i])
+            self.new_posted.append(
+                Request(
+                    ti,
+                    int(self.pc[ti]),
+                    kind,
+                    int(width[i]),
+                    int(addr[i]),
+                    int(value[i]),
+                    posted=True,
+                )
+            )
+        self.posted_n[t[ok]] += 1
+        self.pc[t[ok]] += 1
+        return ~ok
+
+    def _op_outp(self, t, f):
+        port = self._r(t, f.g)
+        ok = self._port_ok(t, port)
+        t, f, port = t[ok], f.sub(ok), port[ok]
+        value = self._r(t, f.b).astype(np.uint64) & self._mask(f.a)
+        wait = self._post(t, RequestKind.PORT_OUT, f.a, port, value)
+        self._block(t[wait], RequestKind.PORT_OUT, f.a[wait], port[wait], value[wait])
+
+    def _op_mwrp(self, t, f):
+        addr = self._pair(t, f.g)
+        ok = self._mmio_aligned(t, addr, f.a)
+        t, f, addr = t[ok], f.sub(ok), addr[ok]
+        value = self._mwr_value(t, f)
+        wait = self._post(t, RequestKind.MMIO_WRITE, f.a, addr, value)
+        self._block(t[wait], RequestKind.MMIO_WRITE, f.a[wait], addr[wait], value[wait])
 
     def _op_wait(self, t, f):
         self._block(t, RequestKind.WAIT_EVENT, 32, self._r(t, f.b), np.zeros(t.size, U32))
@@ -646,6 +691,9 @@ class NumpyExecutor(Executor):
     def _apply_effects(self, effects: np.ndarray) -> None:
         for row in effects:
             t = int(row[_E["thread"]])
+            self.posted_n[t] -= row[_E["credit"]]
+            if row[_E["keep"]]:
+                continue
             self.pc[t] = row[_E["pc"]]
             self.status[t] = row[_E["status"]]
             for reg, val in (("reg", "val_lo"), ("reg2", "val_hi")):
@@ -664,6 +712,7 @@ class NumpyExecutor(Executor):
             stack=self.stack.copy(),
             fault=self.fault.copy(),
             request=self.request.copy(),
+            posted=self.posted_n.copy(),
         )
 
     def _check_range(self, offset: int, length: int) -> None:

@@ -161,11 +161,14 @@ OPCODES: tuple[Opcode, ...] = (
     Opcode(":", "st32", _ops("G:reg:rs", _A, "A:simm8:off"), "memory", "data[ra + off] = rs"),
     Opcode("p", "lp8", _ops(_D, _A, "A:simm8:off"), "memory", "rd = byte of the program image at image byte address ra + off (pc*4 + channel)"),
     Opcode("P", "lp32", _ops(_D, _A, "A:simm8:off"), "memory", "rd = pixel of the program image at image byte address ra + off (4-aligned)"),
-    # --- requests to the host (the thread blocks until the caller responds) -------
+    # --- requests to the host (the thread blocks until the caller responds; outp and
+    #     mwrp are posted: the thread goes on while it holds a posting credit) -------
     Opcode("i", "in", _ops(_D, "B:reg:rport", "A:width:width"), "request", "rd = port input of width 8/16/32 from port rport (0..0xffff)", (8, 16, 32)),
     Opcode("o", "out", _ops("G:reg:rport", "B:reg:rv", "A:width:width"), "request", "port output of the low width bits of rv to port rport", (8, 16, 32)),
     Opcode("v", "mrd", _ops(_D, "B:reg:ra", "A:width:width"), "request", "MMIO read at address ra | ra+1 << 32 (naturally aligned); width 64 fills rd, rd+1", (8, 16, 32, 64)),
     Opcode("w", "mwr", _ops("G:reg:ra", "B:reg:rv", "A:width:width"), "request", "MMIO write of rv (rv | rv+1 << 32 for width 64) to address ra | ra+1 << 32", (8, 16, 32, 64)),
+    Opcode("O", "outp", _ops("G:reg:rport", "B:reg:rv", "A:width:width"), "request", "posted out: the thread does not wait; served in order with its later requests (docs/pxi.md, Posted writes)", (8, 16, 32)),
+    Opcode("K", "mwrp", _ops("G:reg:ra", "B:reg:rv", "A:width:width"), "request", "posted mwr: the thread does not wait; served in order with its later requests (docs/pxi.md, Posted writes)", (8, 16, 32, 64)),
     Opcode("W", "wait", _ops(_D, "B:reg:ra"), "request", "wait for an event (ra = event selector); rd = the event value the host answers"),
     # --- neural ops (float32 tensors in data memory, quantized matrices in the image)
     Opcode("M", "matmul", _ops("G:reg:rout", "B:reg:rin", "A:reg:rmat", "XR:reg:rrows"), "neural", "out[rows,N] = in[rows,K] @ dequant(mat[K,N])"),

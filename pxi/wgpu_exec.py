@@ -25,6 +25,7 @@ from .machine import (
     CALL_DEPTH,
     FIELD,
     NREGS,
+    POST_CREDITS,
     STATE_FIELDS,
     FaultCode,
     NeuralKind,
@@ -32,6 +33,7 @@ from .machine import (
     Status,
 )
 from .matrix import read_header
+from .opcodes import BY_MNEMONIC
 from .tiling import SMALL_TILE, Tile, choose_tile, matmul_v4_module, matmul_wgsl
 from .wgslgen import (
     COUNTERS,
@@ -90,11 +92,17 @@ class WgpuExecutor(Executor):
         self.slice = int(min(max(1024, dispatch_steps // threads), (1 << 32) - 1))
         limit = gpu.limits["max-storage-buffer-binding-size"]
         S = wgpu.BufferUsage
+        # Queue entries per thread and dispatch: its own (request, fault, neural op) and,
+        # in a program with posted writes, one per posting credit.  Programs without
+        # them keep the small queue (a data pixel that looks like one only costs room).
+        ops = program.pixels & 0xFF
+        posts = any(np.any(ops == BY_MNEMONIC[m].code) for m in ("outp", "mwrp"))
+        per_thread = 1 + POST_CREDITS if posts else 1
         sizes = {
             "program": program.npix * 4,
             "data memory": memory_bytes,
             "thread state": NF * threads * 4,
-            "event queue": (QUEUE_HEADER + QUEUE_ENTRY * threads) * 4,
+            "event queue": (QUEUE_HEADER + QUEUE_ENTRY * threads * per_thread) * 4,
         }
         for what, size in sizes.items():
             if size > limit:
@@ -111,7 +119,7 @@ class WgpuExecutor(Executor):
         self.st = dev.create_buffer_with_data(
             data=init.tobytes(), usage=S.STORAGE | S.COPY_DST | S.COPY_SRC
         )
-        ctr_words = QUEUE_HEADER + QUEUE_ENTRY * threads
+        ctr_words = QUEUE_HEADER + QUEUE_ENTRY * threads * per_thread
         self.ctr = dev.create_buffer(size=ctr_words * 4, usage=S.STORAGE | S.COPY_DST | S.COPY_SRC)
         self.params = dev.create_buffer(size=48, usage=S.STORAGE | S.COPY_DST)
         self.nparams = dev.create_buffer(size=48, usage=S.STORAGE | S.COPY_DST)
@@ -251,7 +259,7 @@ class WgpuExecutor(Executor):
             for e in entries:
                 tid, kind, pc = int(e[0]), int(e[1]), int(e[2])
                 q = [int(v) for v in e[3:8]]
-                if kind == QUEUE_KINDS["Q_REQUEST"]:
+                if kind in (QUEUE_KINDS["Q_REQUEST"], QUEUE_KINDS["Q_POSTED"]):
                     requests.append(
                         Request(
                             tid,
@@ -260,6 +268,7 @@ class WgpuExecutor(Executor):
                             q[0] >> 8,
                             q[1] | q[2] << 32,
                             q[3] | q[4] << 32,
+                            posted=kind == QUEUE_KINDS["Q_POSTED"],
                         )
                     )
                 elif kind == QUEUE_KINDS["Q_FAULT"]:
@@ -280,6 +289,8 @@ class WgpuExecutor(Executor):
         total = self._steps_sum()
         steps, self._steps_total = total - self._steps_total, total
         counts = {s.name: int(hdr[int(s)]) for s in Status if s != Status.NEURAL}
+        # Stable sort: a thread's entries stay in issue order (its queue slots increase),
+        # its posted writes before the request it blocked on (always its last entry).
         return RunResult(
             requests=sorted(requests, key=lambda r: r.thread),
             faults=sorted(faults, key=lambda f: f.thread),
@@ -410,6 +421,7 @@ class WgpuExecutor(Executor):
             stack=s[f["STACK0"] : f["STACK0"] + CALL_DEPTH].T.copy(),
             fault=s[[f["FAULT"], f["FD0"], f["FD1"]]].T.copy(),
             request=s[f["RQ_KIND"] : f["RQ_VHI"] + 1].T.copy(),
+            posted=s[f["POSTED"]].copy(),
         )
 
     def _check_range(self, offset: int, length: int) -> None:

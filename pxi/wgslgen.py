@@ -15,6 +15,7 @@ from .machine import (
     CALL_DEPTH,
     FIELD,
     NREGS,
+    POST_CREDITS,
     FaultCode,
     MatrixProblem,
     NeuralKind,
@@ -32,7 +33,7 @@ COUNTERS = {
 }
 QUEUE_HEADER = 16  # u32 words before the first queue entry
 QUEUE_ENTRY = 8  # u32 words per entry: tid, kind, pc, q0..q4
-QUEUE_KINDS = {"Q_REQUEST": 1, "Q_NEURAL": 2, "Q_FAULT": 3}
+QUEUE_KINDS = {"Q_REQUEST": 1, "Q_NEURAL": 2, "Q_FAULT": 3, "Q_POSTED": 4}
 FLAGS = {"FLAG_RELEASE_BARRIER": 1, "FLAG_RELEASE_NEURAL": 2}
 WORKGROUP = 64
 
@@ -65,6 +66,7 @@ def constants() -> str:
     lines += [
         f"const NREGS: u32 = {NREGS}u;",
         f"const CALL_DEPTH: u32 = {CALL_DEPTH}u;",
+        f"const POST_CREDITS: u32 = {POST_CREDITS}u;",
         f"const NFIELDS: u32 = {len(FIELD)}u;",
         f"const QUEUE_HEADER: u32 = {QUEUE_HEADER}u;",
         f"const QUEUE_ENTRY: u32 = {QUEUE_ENTRY}u;",

@@ -48,6 +48,16 @@ def test_shipped_scenarios_validate():
         load_scenario(path)
 
 
+def test_shipped_scenarios_plan_and_assemble():
+    """Plans too, which assembles each GPU program: a merge once left net-dma.yaml's
+    program without the udp_rx hook that stack.pxs had come to require, found only by
+    `hil validate` (regression test)."""
+    from hil.plan import make_plan
+
+    for path in sorted((REPO / "scenarios").glob("*.yaml")):
+        make_plan(load_scenario(path))
+
+
 @pytest.mark.parametrize(
     "text, line, needles",
     [

@@ -8,7 +8,10 @@
           udp_echo: {port: 40007, count: 32}  # exactly 32 datagrams to port 40007 and 32
                                               # back from it, the i-th reply carrying the
                                               # i-th request's payload
-          checksums: true                     # no IPv4 header or UDP checksum is wrong
+          icmp_echo: {id: 0x4242, count: 9}   # exactly 9 ICMP echo requests with this id
+                                              # and 9 replies, each after its request (same
+                                              # seq), carrying its payload
+          checksums: true                     # no IPv4 header, UDP or ICMP checksum is wrong
 
 A failure names the frame: its index in the capture, its time since the first frame,
 a summary and its first bytes in hex.  dpkt (well kept, pure Python, no dependencies)
@@ -38,6 +41,8 @@ class PcapCheck:
     echo_port: int | None = None
     echo_count: int | None = None
     checksums: bool = False
+    icmp_id: int | None = None
+    icmp_count: int | None = None
 
 
 @dataclass(frozen=True)
@@ -59,7 +64,7 @@ class Frame:
 class PcapKind(CheckKind):
     name = "pcap"
     post = True
-    keys = ("device", "arp_reply_from", "udp_echo", "checksums")
+    keys = ("device", "arp_reply_from", "udp_echo", "icmp_echo", "checksums")
 
     def parse(self, f, ctx):
         from ..yamlsrc import Fields
@@ -87,9 +92,29 @@ class PcapKind(CheckKind):
                 e.error("port", f"{port} is not a UDP port (1 to 65535).")
             if count is not None and count < 0:
                 e.error("count", f"must be 0 or more, got {count}.")
+        icmp_id, icmp_count = self._icmp(f, ctx)
         if device is None or len(f.problems.items) > before:
             return None
-        return PcapCheck(device, mac.lower() if mac else None, port, count, checksums)
+        return PcapCheck(
+            device, mac.lower() if mac else None, port, count, checksums, icmp_id, icmp_count
+        )
+
+    @staticmethod
+    def _icmp(f, ctx) -> tuple[int | None, int | None]:
+        from ..yamlsrc import Fields
+
+        raw = f.get("icmp_echo", dict, None, example="icmp_echo: {id: 0x4242, count: 9}")
+        if raw is None:
+            return None, None
+        e = Fields(ctx.problems, raw, f.path("icmp_echo"), ("id", "count"), f.line_of("icmp_echo"))
+        ident = e.get("id", int, example="id: 0x4242")
+        count = e.get("count", int, example="count: 9")
+        e.done()
+        if ident is not None and not 0 <= ident <= 0xFFFF:
+            e.error("id", f"{ident} is not an ICMP echo identifier (0 to 65535).")
+        if count is not None and count < 0:
+            e.error("count", f"must be 0 or more, got {count}.")
+        return ident, count
 
     def run_post(self, spec, ctx) -> Finding:
         name = ctx.artifacts.get(f"{spec.device}.pcap")
@@ -104,7 +129,7 @@ class PcapKind(CheckKind):
         except (OSError, ValueError) as e:
             return fail(f"{name}: cannot read the capture: {e}")
         said = []
-        for judge in (arp_reply, udp_echo, checksums):
+        for judge in (arp_reply, udp_echo, icmp_echo, checksums):
             verdict = judge(spec, frames)
             if isinstance(verdict, Finding):
                 return verdict
@@ -147,6 +172,13 @@ def summary(raw: bytes) -> str:
         if isinstance(d.data, dpkt.udp.UDP):
             u = d.data
             return f"UDP {a}:{u.sport} -> {b}:{u.dport} {len(u.data)} bytes"
+        if d.p == 1 and len(d.data) >= 8 and isinstance(d.data, dpkt.icmp.ICMP):
+            t, raw8 = d.data.type, bytes(d.data)
+            what = {8: "echo request", 0: "echo reply"}.get(t, f"type {t}")
+            if t in (0, 8):
+                ident, seq = struct.unpack("!HH", raw8[4:8])
+                what += f" id {ident:#06x} seq {seq} {len(raw8) - 8} bytes"
+            return f"ICMP {a} -> {b} {what}"
         return f"IPv4 {a} -> {b} protocol {d.p}"
     return f"Ethernet {src} -> {dst} type {eth.type:04x}"
 
@@ -221,6 +253,52 @@ def udp_echo(spec, frames) -> Finding | str:
     return f"{n} UDP datagrams to port {port} and {n} back in order, payloads intact"
 
 
+def icmp_echo(spec, frames) -> Finding | str:
+    """Echo requests with the id and their replies, paired by sequence number."""
+    if spec.icmp_id is None:
+        return ""
+    req, rep = {}, {}
+    for f in frames:
+        msg = icmp_of(f)
+        if msg is None or msg[0] not in (0, 8) or len(msg) < 8:
+            continue
+        ident, seq = struct.unpack("!HH", msg[4:8])
+        if ident == spec.icmp_id:
+            (req if msg[0] == 8 else rep).setdefault(seq, (f, msg[8:]))
+    n, ident = spec.icmp_count, spec.icmp_id
+    for what, got in (("requests", req), ("replies", rep)):
+        if len(got) != n:
+            return fail(
+                f"{len(got)} ICMP echo {what} with id {ident:#06x}, the scenario expects {n}",
+                [f.quote() for f, _ in list(got.values())[:10]],
+            )
+    for seq, (fq, pq) in sorted(req.items()):
+        if seq not in rep:
+            return fail(f"ICMP echo request seq {seq} has no reply: {fq.quote()}", [fq.quote()])
+        fr, pr = rep[seq]
+        if fr.index < fq.index:
+            return fail(f"ICMP echo seq {seq}: the reply comes before its request: {fr.quote()}")
+        if pr != pq:
+            return fail(
+                f"ICMP echo seq {seq}: the reply does not carry the request's payload: request "
+                f"{fq.quote()}; reply {fr.quote()}",
+                [fq.quote(), fr.quote()],
+            )
+    return f"{n} ICMP echo requests with id {ident:#06x} and {n} replies, payloads intact"
+
+
+def icmp_of(f: Frame) -> bytes | None:
+    """The ICMP message of an unfragmented IPv4 frame, cut at the IPv4 total length."""
+    raw = f.raw
+    if len(raw) < 34 or raw[12:14] != b"\x08\x00" or raw[23] != 1:
+        return None
+    hl = (raw[14] & 15) * 4
+    total = struct.unpack("!H", raw[16:18])[0]
+    if hl < 20 or total < hl or 14 + total > len(raw):
+        return None  # a runt: its header claims more than the frame holds
+    return raw[14 + hl : 14 + total]
+
+
 def checksums(spec, frames) -> Finding | str:
     import dpkt
 
@@ -242,4 +320,7 @@ def checksums(spec, frames) -> Finding | str:
             pseudo = raw[12:20] + struct.pack("!BBH", 0, 17, len(udp))
             if dpkt.in_cksum(pseudo + udp) != 0:
                 return fail(f"bad UDP checksum: {f.quote()}", [f.quote()])
+        msg = icmp_of(f)
+        if msg is not None and dpkt.in_cksum(msg) != 0:
+            return fail(f"bad ICMP checksum: {f.quote()}", [f.quote()])
     return f"{n} IPv4 frames with correct checksums"

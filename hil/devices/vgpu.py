@@ -231,7 +231,9 @@ class VgpuKind(DeviceKind):
             ]
         ctx.metrics.update(gpu_metrics(stats, ctx.lines))
         keep = ("backend", "adapter", "ended", "budget", "program", "threads")
-        keep += ("roundtrip_us", "dispatch_ms", "problems")
+        keep += ("roundtrip_us", "dispatch_ms", "problems", "posted", "posted_denied")
+        keep += ("doorbells_in", "interrupts_out")
+        keep += ("interrupts_guest_serving", "doorbells_bridge_awake")  # issue 17
         section = {k: stats.get(k) for k in keep}
         section["metrics"] = {k: v for k, v in ctx.metrics.items() if k.startswith("gpu.")}
         denials = [ln.text for ln in ctx.lines if _DENY.match(ln.text)]

@@ -70,6 +70,9 @@ class Bridge:
         self.events: deque = deque(maxlen=4096)  # events no thread waits for yet
         self.runnable = False
         self.done = ""  # halted | fault | error once finished
+        # Every thread stopped but posted writes are still out: the end is declared once
+        # the guest has answered them all (a refused one may still turn it into a fault).
+        self.finishing = ""
         self.stats = {
             "dispatches": 0,
             "dispatch_s": [],
@@ -77,6 +80,8 @@ class Bridge:
             "requests": 0,
             "responses": 0,
             "denied": 0,
+            "posted": 0,  # posted writes (outp, mwrp) among the requests
+            "posted_denied": 0,  # of those, refused by the broker (the thread faulted)
             "events": 0,
             "wait_timeouts": 0,  # waits answered with WAIT_TIMEOUT (layout.py)
             "roundtrip_s": [],
@@ -84,6 +89,12 @@ class Bridge:
             "problems": 0,
             "doorbells_in": 0,
             "interrupts_out": 0,
+            # What event-index style suppression could save (issue 17), counted before
+            # building it: interrupts raised while the guest had not yet taken every
+            # request posted before (it is awake, serving), and doorbells that came
+            # while the bridge had runnable threads (it looks at the rings anyway).
+            "interrupts_guest_serving": 0,
+            "doorbells_bridge_awake": 0,
             "program_loaded_s": None,
             "finished_s": None,  # when the program ended (halted, fault, error)
         }
@@ -180,6 +191,14 @@ class Bridge:
         if self.runnable:
             self._run()
             self._post()
+        if self.finishing and not self.pending and not self.unposted:
+            self._finish(self._outcome())
+
+    def _outcome(self) -> str:
+        from pxi.machine import Status
+
+        faulted = (self.ex.state().status == Status.FAULTED).any()
+        return "fault" if faulted else "halted"
 
     def _take_responses(self) -> None:
         from pxi.executor import Response
@@ -194,7 +213,8 @@ class Bridge:
                 self._problem(f"response for unknown request seq {it['seq']} ignored")
                 continue
             req, t_posted = entry
-            self.stats["roundtrip_s"].append(now - t_posted)
+            if not req.posted:  # the round trip a waiting thread sees
+                self.stats["roundtrip_s"].append(now - t_posted)
             deny = it["status"] == L.STATUS["DENY"]
             if it["status"] not in L.STATUS.values():
                 self._problem(
@@ -208,7 +228,12 @@ class Bridge:
                     f"response seq {it['seq']} value 0x{it['value']:x} wider than "
                     f"{width} bits; truncated"
                 )
-            answers.append((it["seq"], Response(req.thread, value=value, deny=deny)))
+            if req.posted:
+                value = 0
+                self.stats["posted_denied"] += deny
+            answers.append(
+                (it["seq"], Response(req.thread, value=value, deny=deny, posted=req.posted))
+            )
             self.stats["denied"] += deny
         self._respond(answers)
 
@@ -261,10 +286,24 @@ class Bridge:
     def _respond(self, answers: list) -> None:
         if not answers:
             return
-        self.trace.write("respond", items=[[seq, r.thread, r.value, r.deny] for seq, r in answers])
-        self.ex.respond([r for _, r in answers])
+        self.trace.write(
+            "respond",
+            items=[[seq, r.thread, r.value, r.deny, r.posted] for seq, r in answers],
+        )
+        faults = self.ex.respond([r for _, r in answers])
         self.stats["responses"] += len(answers)
-        self.runnable = True
+        # A posted write's answer only returns a credit: nothing new can run for it.
+        self.runnable |= any(not r.posted or r.deny for _, r in answers)
+        for f in faults:
+            if any(r.posted and r.deny and r.thread == f.thread for _, r in answers):
+                # a wait it left behind must not take an event another thread needs
+                self.waiting = [w for w in self.waiting if w[0].thread != f.thread]
+                # Only the thread's fault state tells it a posted write was refused:
+                # the header names it too (the guest's `@gpu end` reports the state).
+                self.vram.put("fault", int(f.code))
+                self.vram.put("fault_thread", f.thread)
+                self.vram.put("fault_pc", f.pc)
+                log.error("posted write refused: %s", f.message(self.ex.program))
 
     def _sync_in(self) -> None:
         """Heap bytes changed by someone else since our last run -> executor + trace."""
@@ -299,17 +338,15 @@ class Bridge:
         self.snapshot = mem
         rows = []
         for req in res.requests:
+            row = [req.thread, req.pc, int(req.kind), req.width, req.address, req.value]
             if req.kind == RequestKind.WAIT_EVENT:
                 self.waiting.append((req, _deadline(t + dt, req.address)))
-                rows.append(
-                    [-1, req.thread, req.pc, int(req.kind), req.width, req.address, req.value]
-                )
+                rows.append([-1, *row, 0])
             else:
                 self.unposted.append((self.seq, req))
-                rows.append(
-                    [self.seq, req.thread, req.pc, int(req.kind), req.width, req.address, req.value]
-                )
+                rows.append([self.seq, *row, int(req.posted)])
                 self.seq += 1
+                self.stats["posted"] += req.posted
         self.trace.write(
             "run",
             at=round(t - self.t0, 6),  # when the dispatch started (s since bridge start)
@@ -332,7 +369,10 @@ class Bridge:
             self.vram.put("fault_pc", f.pc)
             log.error("thread %d faulted: %s", f.thread, f.message(self.ex.program))
         if res.finished:
-            self._finish("fault" if counts.get("FAULTED") else "halted")
+            if self.pending or self.unposted:
+                self.finishing = "fault" if counts.get("FAULTED") else "halted"
+            else:
+                self._finish("fault" if counts.get("FAULTED") else "halted")
 
     def _post(self) -> None:
         """Post as many unposted requests as the ring has room for; one interrupt."""
@@ -346,9 +386,21 @@ class Bridge:
             batch.append(self.unposted.popleft())
         if not batch:
             return
+        # the guest's req_tail is only read for this statistic, never trusted
+        serving = self.vram.get("req_tail") != self.vram.mine["req_head"]
+        self.stats["interrupts_guest_serving"] += serving
         self.vram.post_requests(
             [
-                Posted(seq, r.thread, int(r.kind), r.width, r.pc, r.address, r.value)
+                Posted(
+                    seq,
+                    r.thread,
+                    int(r.kind),
+                    r.width,
+                    r.pc,
+                    r.address,
+                    r.value,
+                    L.REQ_FLAGS["POSTED"] if r.posted else 0,
+                )
                 for seq, r in batch
             ]
         )
@@ -519,6 +571,7 @@ def main(argv: list[str] | None = None) -> int:
                 log.info("QEMU hung up")
                 break
             bridge.stats["doorbells_in"] += ev == "doorbell"
+            bridge.stats["doorbells_bridge_awake"] += ev == "doorbell" and bridge.runnable
             bridge.serve()
             bridge.serve_timeouts()
     except Stop:

@@ -172,6 +172,13 @@ REQUEST = _check(
             Field("thread", 4, "u32", B, "the GPU thread that asked"),
             Field("kind", 8, "u8", B, "KINDS"),
             Field("width", 9, "u8", B, "access width in bits: 8, 16, 32 (ports), 8-64 (MMIO)"),
+            Field(
+                "flags",
+                10,
+                "u8",
+                B,
+                "REQ_FLAGS: POSTED = a posted write (the thread did not wait; served like any other)",
+            ),
             Field("pc", 12, "u32", B, "pc of the request instruction (for logs)"),
             Field("addr", 16, "u64", B, "port number or guest-physical address"),
             Field("value", 24, "u64", B, "value to write (writes), else 0"),
@@ -214,6 +221,11 @@ STATES = {
     "ERROR": 5,  # bridge: program refused (error)
 }
 STATUS = {"OK": 0, "DENY": 1}
+# Request flags.  The guest serves a posted write exactly like the others (same checks,
+# a response in its slot); only the bridge acts on the flag: the response gives the GPU
+# thread its posting credit back (docs/pxi.md, "Posted writes").  The byte was zero in
+# every earlier request, so the layout version is unchanged.
+REQ_FLAGS = {"POSTED": 1}
 # IRQ: data = the function's index in the boot info.  DMAR: a device DMA the IOMMU blocked
 # (microkernel/iommu.c); data = the fault record's upper half: requester bdf in bits 15:0,
 # VT-d fault reason in bits 39:32, bit 62 set for a read (the device read memory).
@@ -388,6 +400,7 @@ def c_header() -> str:
         (STATES, "VG_STATE_"),
         (KINDS, "VG_KIND_"),
         (STATUS, "VG_STATUS_"),
+        (REQ_FLAGS, "VG_REQ_"),
         (SOURCES, "VG_SRC_"),
     ):
         out += [f"#define {prefix}{k} {v}" for k, v in table.items()] + [""]
@@ -433,6 +446,7 @@ def doc_tables() -> str:
         ("STATES", STATES),
         ("KINDS", KINDS),
         ("STATUS", STATUS),
+        ("REQ_FLAGS", REQ_FLAGS),
         ("SOURCES", SOURCES),
         ("ERRORS", ERRORS),
     ):

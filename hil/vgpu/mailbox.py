@@ -42,6 +42,7 @@ class Posted:
     pc: int
     addr: int
     value: int
+    flags: int = 0  # L.REQ_FLAGS
 
 
 class Vram:
@@ -142,7 +143,7 @@ class Vram:
         for it in items:
             base = self.r.req_off + (head & self.mask) * L.REQUEST.size
             self.buf[base : base + L.REQUEST.size] = bytes(L.REQUEST.size)
-            for name in ("seq", "thread", "kind", "width", "pc", "addr", "value"):
+            for name in ("seq", "thread", "kind", "width", "flags", "pc", "addr", "value"):
                 L.REQUEST.put(self.buf, base, name, getattr(it, name))
             head = (head + 1) % U32
         self.mine["req_head"] = head

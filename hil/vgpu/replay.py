@@ -58,12 +58,13 @@ def _where_in_program(program, pc: int) -> str:
 def _req_text(row) -> str:
     from pxi.machine import RequestKind
 
-    seq, thread, pc, kind, width, addr, value = row
+    seq, thread, pc, kind, width, addr, value, posted = row
     try:
         k = RequestKind(kind).name.lower()
     except ValueError:
         k = f"kind {kind}"
-    return f"{k} width={width} addr=0x{addr:x} value=0x{value:x}"
+    p = "posted " if posted else ""
+    return f"{p}{k} width={width} addr=0x{addr:x} value=0x{value:x}"
 
 
 def replay(records: list[dict], backend: str) -> ReplayResult:
@@ -92,15 +93,18 @@ def replay(records: list[dict], backend: str) -> ReplayResult:
         elif t == "respond":
             ex.respond(
                 [
-                    Response(thread, value=value, deny=bool(deny))
-                    for _, thread, value, deny in rec["items"]
+                    Response(thread, value=value, deny=bool(deny), posted=bool(posted))
+                    for _, thread, value, deny, posted in rec["items"]
                 ]
             )
         elif t == "run":
             res = ex.run(rec["budget"])
             runs += 1
             steps += res.steps
-            got = [[r.thread, r.pc, int(r.kind), r.width, r.address, r.value] for r in res.requests]
+            got = [
+                [r.thread, r.pc, int(r.kind), r.width, r.address, r.value, int(r.posted)]
+                for r in res.requests
+            ]
             want = [row[1:] for row in rec["requests"]]
             for i in range(max(len(got), len(want))):
                 if i < len(got) and i < len(want) and got[i] == want[i]:

@@ -12,9 +12,10 @@ bytes already decoded.  docs/vgpu.md ("Trace") is the format's documentation.
              last run (the guest CPU, device DMA): [[offset, z], ...]
     run      one executor run: at (start, s since the bridge started) and dt (its
              duration) for benchmarks, not replayed; n, budget, steps, requests [[seq, thread, pc, kind,
-             width, addr, value], ...], faults [[thread, pc, code, d0, d1], ...]
-    respond  responses given to the executor: [[seq, thread, value, deny], ...]
-             (seq -1: a WAIT_EVENT answered from the event queue)
+             width, addr, value, posted], ...], faults [[thread, pc, code, d0, d1], ...]
+    respond  responses given to the executor: [[seq, thread, value, deny, posted], ...]
+             (seq -1: a WAIT_EVENT answered from the event queue; posted 1: the answer
+             to a posted write, which gives its thread the posting credit back)
     end      why the bridge stopped (halted, fault, error, stopped), final memory (z),
              threads [[pc, status, steps], ...]
 
@@ -30,7 +31,10 @@ import zlib
 from pathlib import Path
 from typing import IO
 
-FORMAT_VERSION = 1
+# 2: posted writes (a `posted` flag ending every request row and respond item).  A
+# version-1 trace has none, and reads as version 2 with every flag 0.
+FORMAT_VERSION = 2
+READS = (1, 2)
 
 
 def pack(data: bytes) -> str:
@@ -62,9 +66,17 @@ class TraceError(Exception):
     pass
 
 
+def _check_shape(t: str, rec: dict) -> None:
+    """Rows of the length this version writes (a malformed record, else)."""
+    rows = {"run": ("requests", 8), "respond": ("items", 5)}.get(t)
+    if rows and any(len(row) != rows[1] for row in rec[rows[0]]):
+        raise ValueError(f"'{t}' {rows[0]} must have {rows[1]} fields each")
+
+
 def read(path: Path) -> list[dict]:
     """All records, with 'z' byte fields decoded (pixels, data, ranges)."""
     records = []
+    version = FORMAT_VERSION
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
@@ -82,16 +94,22 @@ def read(path: Path) -> list[dict]:
             rec = json.loads(line)
             t = rec["t"]
             if t == "start":
-                if rec.get("version") != FORMAT_VERSION:
+                if rec.get("version") not in READS:
                     raise TraceError(
                         f"{path}:{n}: trace format {rec.get('version')}, this "
-                        f"hil reads {FORMAT_VERSION}"
+                        f"hil reads {', '.join(map(str, READS))}"
                     )
+                version = rec["version"]
                 rec["program"]["pixels"] = unpack(rec["program"].pop("pixels_z"))
             elif t in ("memory", "end") and "z" in rec:
                 rec["data"] = unpack(rec.pop("z"))
             elif t == "writes":
                 rec["ranges"] = [(off, unpack(z)) for off, z in rec["ranges"]]
+            elif t == "run" and version == 1:
+                rec["requests"] = [[*row, 0] for row in rec["requests"]]
+            elif t == "respond" and version == 1:
+                rec["items"] = [[*item, 0] for item in rec["items"]]
+            _check_shape(t, rec)
         except TraceError:
             raise
         except (ValueError, KeyError, TypeError, zlib.error) as e:

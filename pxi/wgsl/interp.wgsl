@@ -125,6 +125,30 @@ fn wmask(width: u32) -> u32 {
     return (1u << width) - 1u;
 }
 
+// A posted write (outp, mwrp): with a credit left it goes to the event queue at once
+// and the thread goes on; without one it waits like its non-posted form.  The queue
+// has room for POST_CREDITS posted entries per thread and dispatch besides the thread's
+// own entry (pxi/wgpu_exec.py), and this invocation's slots come in issue order.
+fn post(kind: u32, width: u32, alo: u32, ahi: u32, vlo: u32, vhi: u32) {
+    let n = st[S(FLD_POSTED)];
+    if (n >= POST_CREDITS) {
+        block(kind, width, alo, ahi, vlo, vhi);
+        return;
+    }
+    st[S(FLD_POSTED)] = n + 1u;
+    let slot = atomicAdd(&ctr[C_QUEUE], 1u);
+    let base = QUEUE_HEADER + slot * QUEUE_ENTRY;
+    atomicStore(&ctr[base], tid);
+    atomicStore(&ctr[base + 1u], Q_POSTED);
+    atomicStore(&ctr[base + 2u], pc);
+    atomicStore(&ctr[base + 3u], kind | (width << 8u));
+    atomicStore(&ctr[base + 4u], alo);
+    atomicStore(&ctr[base + 5u], ahi);
+    atomicStore(&ctr[base + 6u], vlo);
+    atomicStore(&ctr[base + 7u], vhi);
+    pc += 1u;
+}
+
 fn block(kind: u32, width: u32, alo: u32, ahi: u32, vlo: u32, vhi: u32) {
     status = ST_BLOCKED;
     st[S(FLD_RQ_KIND)] = kind;
@@ -490,6 +514,21 @@ fn execute(limit: u32) -> u32 {
                 if (a == 64u) { vhi = r[min(b + 1u, 15u)]; }
                 block(RK_MMIO_WRITE, a, alo, ahi, r[b] & wmask(a), vhi);
             }
+            case OP_OUTP: {
+                if (bad(w, MZ_OUTP) || bad_if(w, a != 8u && a != 16u && a != 32u)) { break; }
+                let port = r[g];
+                if (!port_ok(port)) { break; }
+                post(RK_PORT_OUT, a, port, 0u, r[b] & wmask(a), 0u);
+            }
+            case OP_MWRP: {
+                if (bad(w, MZ_MWRP) || bad_if(w, (a != 8u && a != 16u && a != 32u && a != 64u) || g > 14u || (a == 64u && b > 14u))) { break; }
+                let alo = r[g];
+                let ahi = r[min(g + 1u, 15u)];
+                if (!mmio_aligned(alo, a)) { break; }
+                var vhi = 0u;
+                if (a == 64u) { vhi = r[min(b + 1u, 15u)]; }
+                post(RK_MMIO_WRITE, a, alo, ahi, r[b] & wmask(a), vhi);
+            }
             case OP_WAIT: {
                 if (bad(w, MZ_WAIT)) { break; }
                 block(RK_WAIT_EVENT, 32u, r[b], 0u, 0u, 0u);
@@ -704,6 +743,10 @@ fn respond(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     let e = i * 12u;
     tid = resp[e];
+    st[S(FLD_POSTED)] -= resp[e + 10u];   // posting credits given back
+    if (resp[e + 11u] != 0u) {
+        return;                           // only credits: the thread runs on as it was
+    }
     st[S(FLD_PC)] = resp[e + 1u];
     st[S(FLD_STATUS)] = resp[e + 2u];
     if (resp[e + 3u] != 0xffffffffu) {

@@ -26,7 +26,7 @@ def free_port() -> int:
 def scenario(hil: Hil, port: int, defines: str, steps: str, checks: str, reference: str = "none"):
     return hil.scenario(
         f"""\
-profile: q35-tcg-vgpu
+profile: q35-tcg-vgpu-iommu
 timeout: 240
 devices:
   - nic: {{model: e1000, udp_echo: {{port: {port}}}}}
@@ -98,6 +98,8 @@ def test_echo_passes_with_pcap_and_reference_replay(happy):
     )
     assert [x["divergence"] for x in r.run["gpu"]["reference"]] == [None, None]
     assert r.run["metrics"]["peer.datagrams"] == COUNT
+    # under the guest IOMMU (issue 15): none of the NIC's DMA blocked
+    assert "iommu ver=10 " in s and r.run["metrics"]["gpu.dma_blocked"] == 0
     b = json.loads((r.run_dirs[0] / "bridge.json").read_text())
     # the NIC's DMA (the echoes, up to 1472 bytes each) reached VRAM as external writes
     assert b["external_write_bytes"] > COUNT * 400

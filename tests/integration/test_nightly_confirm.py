@@ -53,13 +53,16 @@ def _changes(summary, scenario):
 
 
 def test_a_planted_boot_delay_is_a_confirmed_regression(tmp_path, image_cache):
-    """300 ms, timed by the PIT: larger than what a loaded host does to a ~30 ms TCG
-    boot (seen: medians up to 120 ms at load 6 on 2 cores), so the test holds there."""
+    """2000 ms, timed by the PIT: larger than what a loaded host does to a ~30 ms TCG
+    boot, so the test holds there. (300 ms was enough at load 6 on 2 cores, medians up
+    to 120 ms; at load 30 a fresh-clone CI saw single boots of 1100 ms and the rank test
+    could not tell a 300 ms delay from the host's noise: "not confirmed", exit 0.) The
+    PIT's delay does not stretch with the host's load, the boot's work does."""
     hil = Hil(tmp_path, image_cache)
     first, _ = _nightly(hil, _scenarios(tmp_path), repeat=5)  # a solid baseline
     assert first.returncode == 0, first.stdout + first.stderr
     (tmp_path / "d").mkdir()
-    second, summary = _nightly(hil, _scenarios(tmp_path / "d", delay_a=300))
+    second, summary = _nightly(hil, _scenarios(tmp_path / "d", delay_a=2000))
     assert second.returncode == 1, second.stdout + second.stderr
     boot = _changes(summary, "conf-a")["boot_ms"]
     assert boot["verdict"] == "regression" and boot["counts"]

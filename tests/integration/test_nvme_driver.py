@@ -168,7 +168,7 @@ def doorbells(run_dir: Path, bar0: int, offset: int) -> list[int]:
     out = []
     for rec in trace.read(run_dir / "trace.jsonl"):
         if rec["t"] == "run":
-            for _seq, _thread, _pc, kind, _width, addr, value in rec["requests"]:
+            for _seq, _thread, _pc, kind, _width, addr, value, _posted in rec["requests"]:
                 if kind == 4 and addr == bar0 + offset:
                     out.append(value)
     return out
