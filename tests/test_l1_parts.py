@@ -173,3 +173,17 @@ def test_the_shipped_scenarios_validate():
     for name in ("passthrough.yaml", "passthrough-nonviable.yaml"):
         s = load_scenario(SCENARIOS / "l1" / name)  # planning needs L1's devices: parse only
         assert all(d.kind == "passthrough" for d in s.devices)
+
+
+def test_the_inner_gpu_program_assembles(tmp_path):
+    """scenarios/l1/passthrough.yaml cannot be planned here (its devices are L1's), so
+    its program is assembled through a scenario with the same gpu: section."""
+    inner = load_scenario(SCENARIOS / "l1" / "passthrough.yaml")
+    assert inner.profile.name == "q35-tcg-vgpu"
+    program = SCENARIOS / "programs" / "nvme_identify.pxs"
+    probe = tmp_path / "probe.yaml"
+    probe.write_text(
+        f"name: probe\nprofile: q35-tcg-vgpu\ngpu: {{program: '{program}'}}\n"
+        "steps:\n  - expect: x\n"
+    )
+    assert make_plan(load_scenario(probe)).recipe.payload is not None
