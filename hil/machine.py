@@ -51,6 +51,7 @@ class MachineConfig:
     device_args: tuple[str, ...] = ()
     extra_args: tuple[str, ...] = ()
     iommu: bool = False  # attach QEMU's intel-iommu (DMA remapping only)
+    iommu_intremap: bool = False  # ... with interrupt remapping (Linux's vfio wants it)
 
 
 def qemu_argv(cfg: MachineConfig, serial_path: str, qmp_path: str, log_path: Path) -> list[str]:
@@ -100,7 +101,10 @@ def qemu_argv(cfg: MachineConfig, serial_path: str, qmp_path: str, log_path: Pat
         # before it keep untranslated DMA, silently.  Interrupt remapping off: the kernel
         # does not use it, MSI-X then passes untranslated, and KVM would need
         # kernel-irqchip=split for it (docs/profiles.md).
-        argv += ["-device", "intel-iommu,intremap=off"]
+        # An L1 Linux that runs vfio needs remapping on: vfio_iommu_type1 refuses a
+        # container without it (allow_unsafe_interrupts); under TCG no irqchip is split.
+        remap = "on" if cfg.iommu_intremap else "off"
+        argv += ["-device", f"intel-iommu,intremap={remap}"]
     if cfg.boot == "bios" and cfg.disk is not None:
         # snapshot=on: the guest's writes go to a throw-away overlay; the cached image
         # is never modified (AHCI/IDE refuse read-only drives).

@@ -24,6 +24,7 @@ BASE_KEYS = (
     "cpu",
     "acpi",
     "iommu",
+    "iommu_intremap",
     "devices",
     "qemu_args",
 )
@@ -48,6 +49,8 @@ class Profile:
     cpu: str | None = None  # None: 'host' under KVM, QEMU's default under TCG
     acpi: bool = True  # QEMU's ACPI tables; the kernel does not use them
     iommu: bool = False  # QEMU's intel-iommu (DMA remapping): microkernel/iommu.c confines DMA
+    # ... with interrupt remapping too: what Linux's vfio needs (an L1 guest, docs/passthrough.md)
+    iommu_intremap: bool = False
     devices: tuple = ()
     qemu_args: tuple[str, ...] = field(default_factory=tuple)
     settings: dict = field(default_factory=dict, hash=False)  # device kind -> its keys
@@ -74,6 +77,7 @@ class Profile:
             "cpu": self.cpu,
             "acpi": self.acpi,
             "iommu": self.iommu,
+            "iommu_intremap": self.iommu_intremap,
             "devices": [repr(d) for d in self.devices],
             "gpu": self.gpu,
             "vram": self.vram,
@@ -131,6 +135,7 @@ def load_profile(path: Path) -> Profile:
     cpu = f.get("cpu", str, None, example="cpu: host")
     acpi = f.get("acpi", bool, True, example="acpi: false")
     iommu = f.get("iommu", bool, False, example="iommu: true")
+    intremap = f.get("iommu_intremap", bool, False, example="iommu_intremap: true")
     ctx = dev.ParseContext(problems, path.parent, "profile")
     settings = {k.name: k.parse_profile(f, ctx) for k in dev.DEVICES.kinds() if k.profile_keys}
     qargs = f.get("qemu_args", list, [], example="qemu_args: ['-device', 'pvpanic']")
@@ -143,6 +148,19 @@ def load_profile(path: Path) -> Profile:
             node.lines.get("iommu"),
             "iommu",
             "QEMU's intel-iommu exists only on q35; use machine: q35 or drop iommu.",
+        )
+    if intremap and not iommu:
+        problems.add(
+            node.lines.get("iommu_intremap"),
+            "iommu_intremap",
+            "interrupt remapping is a feature of the IOMMU; add 'iommu: true' or drop it.",
+        )
+    if intremap and accel != "tcg":
+        problems.add(
+            node.lines.get("iommu_intremap"),
+            "iommu_intremap",
+            "interrupt remapping needs accel: tcg here (under KVM QEMU 7.2 wants "
+            "kernel-irqchip=split for it); set accel: tcg or drop iommu_intremap.",
         )
     if machine == "pc":
         for i, d in enumerate(devices):
@@ -165,6 +183,7 @@ def load_profile(path: Path) -> Profile:
         cpu=cpu,
         acpi=acpi,
         iommu=bool(iommu),
+        iommu_intremap=bool(intremap),
         devices=tuple(devices),
         qemu_args=tuple(qargs or ()),
         settings=settings,

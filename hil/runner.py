@@ -224,6 +224,7 @@ def _machine_config(plan: Plan, img, run_dir: Path, rec: RunRecord, helpers) -> 
         cpus=p.cpus,
         acpi=p.acpi,
         iommu=p.iommu,
+        iommu_intremap=p.iommu_intremap,
         boot=p.boot,
         disk=img.disk,
         kernel=img.kernel,

@@ -123,7 +123,11 @@ def test_shipped_scenarios_plan_and_assemble():
         # send with a newline
         ('profile: q35-tcg-bios\nsteps:\n  - send: "a\\nb"\n', 3, ["one line at a time"]),
         # check kind
-        ("profile: q35-tcg-bios\nsteps:\n  - check: usb\n", 3, ["'usb' is not one of pci"]),
+        (
+            "profile: q35-tcg-bios\nsteps:\n  - check: usb\n",
+            3,
+            ["'usb' is not one of passthrough, pci"],
+        ),
         # device kind
         (
             GOOD + "devices:\n  - nvm: {size: 1M}\n",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import blocksums, disk, gpu_reference, pcap, pci  # noqa: F401  (each registers its kind)
+from . import blocksums, disk, gpu_reference, passthrough, pcap, pci  # noqa: F401  (each registers its kind)
 from .base import CHECKS, CheckKind
 
 

@@ -7,6 +7,7 @@ a kind owns).  A device is written the same way in a profile and in a scenario:
       - nic: {model: e1000}                # user networking, traffic kept as a pcap
       - usb: {keyboard: true, storage: 8M} # qemu-xhci + usb-kbd + usb-storage
       - display: {model: std}              # a display-class PCI function
+      - share: {path: /, tag: host}        # a host directory over virtio-9p, read-only
 
 ``parse`` turns YAML into frozen specs (validated, with file:line errors); ``attach``
 turns planned specs into QEMU arguments plus the per-run files they need (created in the
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..yamlsrc import Fields, LDict, Problems
-from . import display, nic, nvme, passthrough, usb, vgpu  # noqa: F401  (each registers its kind)
+from . import display, nic, nvme, passthrough, share, usb, vgpu  # noqa: F401  (each registers its kind)
 from .base import AfterContext, AttachContext, DeviceKind, Finding, ParseContext, PciId
 from .display import Display
 from .nic import Nic
