@@ -3,11 +3,19 @@
 - nvme: {size: 64M, fill: lba, serial: PXNVME0}   # a fresh disk
 - nvme: {file: disks/fs.img}                       # copy-on-write over a file
 - nvme: {size: 16M, namespaces: 2}                 # namespaces 1 and 2, a disk each
+- nvme: {size: 1M, cmb_mb: 4096}                   # a 4 GiB controller memory buffer
 
 With ``namespaces`` > 1 the controller gets its namespaces as ``nvme-ns`` devices on its
 own bus (QEMU 7.2: ``-device nvme,id=nvme0 -device nvme-ns,drive=..,nsid=N,bus=nvme0``),
 each with a fresh disk of ``size`` and ``fill``: artifact ``nvme0.disk`` for namespace 1
 (as with one), ``nvme0n2.disk``, ... for the others (the disk check's ``device``).
+
+``cmb_mb`` gives the controller a memory buffer (QEMU 7.2: ``cmb_size_mb``, hw/nvme/ctrl.c
+nvme_init_cmb): BAR2, 64-bit and prefetchable, of that many MiB. Its point is the BAR,
+not the buffer: one of 2048 MiB or more cannot fit the 32-bit PCI window, so the firmware
+places it above 4 GiB, and one of 4096 or more has a size only the BAR's upper half
+holds. QEMU allocates the buffer with g_malloc0, so the host's pages are only taken
+where the guest writes.
 """
 
 from __future__ import annotations
@@ -31,6 +39,9 @@ ID = PciId(0x1B36, 0x0010, 0x010802)
 MAX_FILE = 1 << 40  # a disk file of 1 TiB is attached; a larger one is a mistake
 SERIAL = re.compile(r"[A-Za-z0-9 ._:-]{1,20}")  # NVMe's SN field: 20 ASCII characters
 MAX_NAMESPACES = 8  # the pixel driver identifies namespaces 1..8
+# QEMU exits on a BAR size that is no power of two; 64 GiB bounds the host's address
+# space the buffer reserves (its pages are only taken where the guest writes)
+MAX_CMB_MB = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -42,6 +53,7 @@ class Nvme:
     errors_allowed: tuple[Pattern, ...] = ()  # QEMU trace lines that do not fail the run
     lba_size: int = 512  # the namespace's logical block size: 512 or 4096
     namespaces: int = 1  # > 1: nvme-ns devices, a fresh disk each
+    cmb_mb: int = 0  # > 0: a controller memory buffer of this many MiB (BAR2, 64-bit)
     behind_root_port: bool = False
     kind = "nvme"
 
@@ -54,7 +66,16 @@ def disk_name(instance: str, nsid: int) -> str:
 @DEVICES.register
 class NvmeKind(DeviceKind):
     name = "nvme"
-    keys = ("size", "fill", "file", "serial", "errors_allowed", "lba_size", "namespaces")
+    keys = (
+        "size",
+        "fill",
+        "file",
+        "serial",
+        "errors_allowed",
+        "lba_size",
+        "namespaces",
+        "cmb_mb",
+    )
     spec = Nvme
     TRACES = ("pci_nvme_err_", "pci_nvme_ub_")
     metrics = nvmeperf.catalogue()  # when a pixel driver ran bench phases (hil/nvmeperf.py)
@@ -76,6 +97,9 @@ class NvmeKind(DeviceKind):
                 f"must be 1 to {MAX_NAMESPACES} (the namespaces the pixel driver identifies).",
             )
             return None
+        cmb = self._cmb(f)
+        if cmb is None:
+            return None
         spec = self._disk(f, ctx)
         if spec is not None and spec.size and spec.size % lba:
             f.error("size", f"must be a whole number of {lba}-byte LBAs.")
@@ -88,7 +112,25 @@ class NvmeKind(DeviceKind):
             return None
         if spec is None:
             return None
-        return dataclasses.replace(spec, errors_allowed=allowed, lba_size=lba, namespaces=nns)
+        return dataclasses.replace(
+            spec, errors_allowed=allowed, lba_size=lba, namespaces=nns, cmb_mb=cmb
+        )
+
+    def _cmb(self, f) -> int | None:
+        """cmb_mb: 0 (none) or a power of two of MiB up to MAX_CMB_MB; None: an error."""
+        mb = f.get("cmb_mb", int, 0, example="cmb_mb: 4096")
+        raw = f.node.get("cmb_mb", 0)
+        if mb is None or isinstance(raw, bool) or not isinstance(raw, int):
+            return None  # get() reported the type error (and gave the default)
+        if mb and (mb < 0 or mb > MAX_CMB_MB or mb & (mb - 1)):
+            f.error(
+                "cmb_mb",
+                f"{mb} cannot be the size of the controller memory buffer: give a power of "
+                f"two of MiB from 1 to {MAX_CMB_MB} (it is a PCI BAR), e.g. 'cmb_mb: 4096', "
+                "or leave the key out for none.",
+            )
+            return None
+        return mb
 
     def _allowed(self, f, ctx) -> tuple | None:
         items = f.get(
@@ -164,6 +206,7 @@ class NvmeKind(DeviceKind):
                     drive=ctx.name,
                     logical_block_size=lba,
                     physical_block_size=lba,
+                    cmb_size_mb=spec.cmb_mb or None,
                 )
                 + ctx.bus,
             )
@@ -174,7 +217,11 @@ class NvmeKind(DeviceKind):
 
     def _namespaces(self, spec, ctx: AttachContext, first: Path, serial: str, lba) -> None:
         """The controller without a drive, then one nvme-ns per namespace on its bus."""
-        ctx.add("-device", qemuopt.opts("nvme", id=ctx.name, serial=serial) + ctx.bus)
+        ctx.add(
+            "-device",
+            qemuopt.opts("nvme", id=ctx.name, serial=serial, cmb_size_mb=spec.cmb_mb or None)
+            + ctx.bus,
+        )
         for nsid in range(1, spec.namespaces + 1):
             if nsid == 1:
                 path = first
