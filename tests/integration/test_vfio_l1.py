@@ -29,8 +29,15 @@ pytestmark = [pytest.mark.integration, pytest.mark.l1]
 
 SCENARIO = REPO / "scenarios" / "passthrough-l1.yaml"
 PROGRAM = REPO / "scenarios" / "programs" / "nvme_identify.pxs"
-DEVICES = {"0000:01:00.0": "nvme", "0000:02:00.0": "e1000", "0000:03:00.0": "bochs-drm"}
-HOST_DRIVERS = "nvme=nvme e1000=e1000 vga=bochs-drm bochs=bochs-drm"
+DEVICES = {
+    "0000:01:00.0": "nvme",
+    "0000:02:00.0": "e1000",
+    "0000:03:00.0": "bochs-drm",
+    "0000:00:07.0": "nvme",  # cmb_mb: 4096, BAR2 above 4 GiB
+}
+HOST_DRIVERS = "nvme=nvme e1000=e1000 vga=bochs-drm bochs=bochs-drm cmb=nvme"
+CMB = "0000:00:07.0"
+GiB = 1 << 30
 
 
 def _console(run_dir) -> list[str]:
@@ -48,6 +55,10 @@ def _l1_sysfs(lines: list[str]) -> dict:
         elif m := re.match(r"^@l1 resource (\S+) (.*)$", ln):
             res.setdefault(m[1], []).append(m[2])
     return {bdf: (*ids, parse_resource("\n".join(res[bdf]))) for bdf, ids in out.items()}
+
+
+def _l2_line(lines: list[str], part: str) -> str:
+    return next((ln for ln in lines if ln.startswith("@l2 pci ") and part in ln), "nothing")
 
 
 def _prebuild(image_cache, tmp_path) -> None:
@@ -91,10 +102,23 @@ def test_passthrough_on_l1_linux(hil, image_cache, tmp_path, record_property):
     l2 = pcicheck.parse_kernel([ln.removeprefix("@l2 ") for ln in lines if ln.startswith("@l2 ")])
     host = _l1_sysfs(lines)
     assert set(host) == set(DEVICES)
+    # The second NVMe's BAR2 (its 4 GiB memory buffer): L1's SeaBIOS placed it far above
+    # 4 GiB, and L2's listing (checked below) has it with the same 64-bit size.
+    bar2 = next(b for b in host[CMB][3] if b.index == 2)
+    assert bar2.start >= 4 * GiB and bar2.size == 4 * GiB, bar2
+    assert bar2.is_64bit and bar2.prefetchable, bar2
+    taken = set()
     for bdf, (vendor, device, cls, bars) in host.items():
-        same = [f for f in l2.values() if (f.vendor, f.device) == (vendor, device)]
+        same = [
+            f
+            for f in l2.values()
+            if (f.vendor, f.device) == (vendor, device)
+            and f.bdf not in taken
+            and (bdf == CMB) == (2 in f.bars)  # the two NVMes: the one with a BAR2
+        ]
         assert len(same) == 1, (bdf, l2)
         guest = same[0]
+        taken.add(guest.bdf)
         assert guest.class_code == cls >> 8, bdf
         want = {
             b.index: ("io" if b.is_io else "m64" if b.is_64bit else "m32", b.prefetchable, b.size)
@@ -103,6 +127,7 @@ def test_passthrough_on_l1_linux(hil, image_cache, tmp_path, record_property):
         }
         got = {n: (b.kind, b.prefetch, b.size) for n, b in guest.bars.items()}
         assert got == want, (bdf, got, want)
+    print(f"L1 {CMB} BAR2 at {bar2.start:#x}; L2 lists it as", _l2_line(lines, "bar2=m64p:"))
 
     # The pixel NVMe driver (on the vGPU in L1) identified the passed-through controller
     # and read from it: its DMA went through L1's IOMMU into the vGPU's memory.
