@@ -187,3 +187,57 @@ def test_nvme_two_namespaces_attach_a_disk_each(tmp_path):
     assert "nvme-ns,drive=nvme0n2,nsid=2,bus=nvme0" in args
     assert set(ctx.files) == {"nvme0.disk", "nvme0n2.disk"}
     assert all(p.stat().st_size == 1 << 20 for p in ctx.files.values())
+
+
+@pytest.mark.parametrize(
+    "nvme, key",
+    [
+        ("{size: 1M, cmb_mb: 3000}", "power of two"),
+        ("{size: 1M, cmb_mb: -4}", "power of two"),
+        ("{size: 1M, cmb_mb: 131072}", "from 1 to 65536"),
+        ("{size: 1M, cmb_mb: 4G}", "expected"),
+        ("{size: 1M, cmb_mb: true}", "expected"),
+    ],
+)
+def test_nvme_cmb_bad_input_names_the_key_and_the_fix(tmp_path, capsys, nvme, key):
+    from hil.cli import main
+
+    p = tmp_path / "s.yaml"
+    p.write_text(
+        f"profile: q35-tcg-bios\ndevices:\n  - nvme: {nvme}\nsteps:\n  - expect: '@stage ready'\n"
+    )
+    assert main(["validate", str(p)]) == 2
+    err = capsys.readouterr().err
+    assert "s.yaml:3" in err and "cmb_mb" in err and key in err and "4096" in err, err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("namespaces", [1, 2])
+def test_nvme_cmb_attaches_cmb_size_mb(tmp_path, namespaces):
+    from hil.devices.base import AttachContext
+    from hil.devices.nvme import Nvme, NvmeKind
+
+    spec = Nvme(size=1 << 20, fill="zero", serial="S", namespaces=namespaces, cmb_mb=4096)
+    ctx = AttachContext(tmp_path, name="nvme0")
+    NvmeKind().attach(spec, ctx)
+    (nvme,) = [a for a in ctx.args if a.startswith("nvme,")]
+    assert nvme.endswith(",cmb_size_mb=4096"), nvme
+
+
+def test_nvme_without_cmb_says_nothing_of_it(tmp_path):
+    from hil.devices.base import AttachContext
+    from hil.devices.nvme import Nvme, NvmeKind
+
+    ctx = AttachContext(tmp_path, name="nvme0")
+    NvmeKind().attach(Nvme(size=1 << 20, fill="zero", serial="S"), ctx)
+    assert not any("cmb_size_mb" in a for a in ctx.args), ctx.args
+
+
+def test_nvme_cmb_is_planned(tmp_path):
+    p = tmp_path / "s.yaml"
+    p.write_text(
+        "profile: q35-tcg-bios\ndevices:\n  - nvme: {size: 1M, cmb_mb: 4096}\n"
+        "steps:\n  - expect: '@stage ready'\n"
+    )
+    (nvme,) = [d for d in make_plan(load_scenario(p)).devices if d.kind == "nvme"]
+    assert nvme.cmb_mb == 4096
