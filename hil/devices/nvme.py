@@ -39,8 +39,9 @@ ID = PciId(0x1B36, 0x0010, 0x010802)
 MAX_FILE = 1 << 40  # a disk file of 1 TiB is attached; a larger one is a mistake
 SERIAL = re.compile(r"[A-Za-z0-9 ._:-]{1,20}")  # NVMe's SN field: 20 ASCII characters
 MAX_NAMESPACES = 8  # the pixel driver identifies namespaces 1..8
-# QEMU exits on a BAR size that is no power of two; 64 GiB bounds the host's address
-# space the buffer reserves (its pages are only taken where the guest writes)
+# QEMU 7.2 aborts on a BAR size that is no power of two (an assertion in
+# pci_register_bar); 64 GiB bounds the host address space the buffer reserves (its pages
+# are only taken where the guest writes; 2 TiB fails QEMU's g_malloc0)
 MAX_CMB_MB = 1 << 16
 
 
