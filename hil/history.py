@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import statistics
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -238,7 +239,7 @@ class History:
                 self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None
             )
             self.db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            self.db.execute("PRAGMA journal_mode = WAL")
+            self._set_wal()
             self.db.execute("PRAGMA foreign_keys = ON")
             self.db.execute("PRAGMA synchronous = NORMAL")
             self._migrate()
@@ -249,6 +250,24 @@ class History:
                 "damaged, move it aside (runs are still in their directories); `hil` "
                 "starts a new one."
             ) from None
+
+    def _set_wal(self) -> None:
+        """Switch to the WAL journal, retrying while another process holds the lock.
+        On a fresh file the switch needs an exclusive lock and SQLite does not call the
+        busy handler for it: of six processes opening a new history at once, one got
+        "database is locked" at once (tests/test_history.py, about 1 run in 3 under
+        load). Bounded by the same busy timeout as every other wait."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        delay = 0.005
+        while True:
+            try:
+                self.db.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() + delay > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.2)
 
     def close(self) -> None:
         if self.db is not None:
