@@ -9,7 +9,6 @@ import json
 import os
 import socket
 import struct
-import textwrap
 import time
 from pathlib import Path
 
@@ -24,21 +23,13 @@ from hil.devices.nic import NicKind, RawPeer
 from hil.errors import InfraError
 from hil.rawpeer import Frames, payload
 from hil.rawspec import Pings, RawPeerSpec
-from hil.scenario import load_scenario
-from hil.yamlsrc import ValidationError
+
+from .test_net import problems
 
 GUEST_MAC = bytes.fromhex("525400123456")
 PEER_MAC = bytes.fromhex("020000000001")
 GUEST_IP = socket.inet_aton("10.0.3.15")
 PEER_IP = socket.inet_aton("10.0.3.1")
-
-
-def problems(tmp_path: Path, body: str) -> list[str]:
-    p = tmp_path / "s.yaml"
-    p.write_text("name: t\nprofile: q35-tcg-bios\nsteps:\n  - expect: x\n" + textwrap.dedent(body))
-    with pytest.raises(ValidationError) as e:
-        load_scenario(p)
-    return e.value.problems
 
 
 NIC = "devices:\n  - nic:\n      raw_peer:\n"

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from .. import pcicheck
 from .base import CHECKS, CheckKind
+from .pci import await_listing
 
 
 @dataclass(frozen=True)
@@ -89,13 +90,7 @@ class PassthroughCheck(CheckKind):
     live = True
 
     def run_live(self, step, engine) -> str:
-        if not any(ln.text.startswith("@stage pci") for ln in engine.console.lines):
-            engine.watch(
-                step,
-                lambda ln: ln.text.startswith("@stage pci"),
-                "'@stage pci' (the end of the kernel's PCI listing)",
-                consume=False,
-            )
+        await_listing(step, engine)
         hosts = [host_function(s.host) for s in _passthrough(engine.plan)]
         if not hosts:
             engine.fail(step, "no passthrough device in this run", "invalid", "check: passthrough")

@@ -10,20 +10,25 @@ from .. import pcicheck
 from .base import CHECKS, CheckKind
 
 
+def await_listing(step, engine) -> None:
+    """Wait for the kernel's PCI listing, which ends with '@stage pci'; an earlier step
+    may already have read it (then nothing is waited for)."""
+    if not any(ln.text.startswith("@stage pci") for ln in engine.console.lines):
+        engine.watch(
+            step,
+            lambda ln: ln.text.startswith("@stage pci"),
+            "'@stage pci' (the end of the kernel's PCI listing)",
+            consume=False,
+        )
+
+
 @CHECKS.register
 class PciCheck(CheckKind):
     name = "pci"
     live = True
 
     def run_live(self, step, engine) -> str:
-        # The listing ends with '@stage pci'; an earlier step may already have read it.
-        if not any(ln.text.startswith("@stage pci") for ln in engine.console.lines):
-            engine.watch(
-                step,
-                lambda ln: ln.text.startswith("@stage pci"),
-                "'@stage pci' (the end of the kernel's PCI listing)",
-                consume=False,
-            )
+        await_listing(step, engine)
         engine.power.wait_started(5)
         kernel = pcicheck.parse_kernel(engine.console.lines)
         qemu = pcicheck.parse_qmp(engine.monitor.cmd("query-pci"))
