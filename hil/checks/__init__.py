@@ -6,12 +6,14 @@ from . import blocksums, disk, gpu_reference, passthrough, pcap, pci  # noqa: F4
 from .base import CHECKS, CheckKind
 
 
+# Sorted: the names an error message lists must not depend on which module imported
+# which first (passthrough imports pci's listing wait, which once reordered them).
 def live_names() -> list[str]:
-    return [k.name for k in CHECKS.kinds() if k.live]
+    return sorted(k.name for k in CHECKS.kinds() if k.live)
 
 
 def post_names() -> list[str]:
-    return [k.name for k in CHECKS.kinds() if k.post]
+    return sorted(k.name for k in CHECKS.kinds() if k.post)
 
 
 __all__ = ["CHECKS", "CheckKind", "live_names", "post_names"]
