@@ -108,7 +108,7 @@ pm32:   mov     eax, SEL_DATA
         mov     ds, eax
         mov     es, eax
         mov     ss, eax
-        PXOS_ENTER_LONG_MODE TABLES, lm64
+        PXOS_ENTER_LONG_MODE TABLES, lm64, 1
 
         bits    64
 lm64:   rdtsc

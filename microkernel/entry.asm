@@ -30,7 +30,7 @@ pvh_entry:
         PXOS_MARK 'X'
         cld                             ; string ops below (and C) assume DF=0
         lgdt    [gdt]
-        PXOS_ENTER_LONG_MODE pvh_tables, pvh64
+        PXOS_ENTER_LONG_MODE pvh_tables, pvh64, 0
 
         bits    64
 pvh64:  rdtsc                           ; `@stage lmode` for the PVH path
