@@ -8,7 +8,8 @@ Per profile (default q35-tcg-vgpu and q35-kvm-vgpu when KVM is usable):
     while the GPU computes, wake-ups/s, GPU instructions/s;
   * ping (benchmarks/programs/ping.pxs): 500 round trips of a single port read:
     request posted by the bridge -> response visible to the executor, p50/p99, and guest
-    wake-ups per request;
+    wake-ups per request; then once more with the bridge's spin before sleeping off
+    (HIL_BRIDGE_SPIN_US=0, hil/vgpu/bridge.py), right after: the spin's A/B;
   * drive (benchmarks/programs/drive.pxs): a driver-like stream, 16 threads each doing
     write, write, read 100 times: requests per second (program load to end) and
     requests served per guest wake-up;
@@ -129,7 +130,7 @@ def main() -> int:
     )
     head = (
         f"{'profile':<14} {'adapter':<24} {'idle min':>9} {'wake/s':>7} {'GPU instr/s':>12}"
-        f" {'rt p50 us':>10} {'rt p99 us':>10} {'wake/req':>9} {'drive req/s':>12}"
+        f" {'rt p50 us':>10} {'rt p99 us':>10} {'no-spin p50':>12} {'wake/req':>9} {'drive req/s':>12}"
         f" {'drive req/wake':>15} {'posted req/s':>13} {'posted req/wake':>16}"
     )
     print(head)
@@ -139,6 +140,7 @@ def main() -> int:
         ping, drive, posted = write_scenarios(tmp, "q35-tcg-vgpu")
         for profile in profiles:
             idle, wake, ips, rt50, rt99, wpr, epr, drps, dwpr, prps, pwpr = ([] for _ in range(11))
+            nospin = []
             adapter = ""
             wasted = {"ping": [0, 0, 0, 0], "drive": [0, 0, 0, 0], "drive posted": [0, 0, 0, 0]}
             for _ in range(args.runs):
@@ -154,6 +156,11 @@ def main() -> int:
                 kvm = p["qemu"].get("kvm_stats")
                 if kvm:
                     epr.append(kvm["exits"] / p["metrics"]["gpu.requests"])
+                os.environ["HIL_BRIDGE_SPIN_US"] = "0"
+                try:
+                    nospin.append(run(ping, profile, tmp)["metrics"]["gpu.roundtrip_us.p50"])
+                finally:
+                    del os.environ["HIL_BRIDGE_SPIN_US"]
                 d = run(drive, profile, tmp)
                 _count_wasted(wasted["drive"], d)
                 drps.append(d["metrics"]["gpu.requests_per_s"])
@@ -172,7 +179,7 @@ def main() -> int:
                 f"{profile:<14} {adapter[:24]:<24} {min(idle) * 100:>8.2f}% "
                 f"{max(wake):>7.1f} {statistics.median(ips):>12.3g} "
                 f"{statistics.median(rt50):>10.1f} {statistics.median(rt99):>10.1f} "
-                f"{statistics.median(wpr):>9.3f} {statistics.median(drps):>12.0f}"
+                f"{statistics.median(nospin):>12.1f} {statistics.median(wpr):>9.3f} {statistics.median(drps):>12.0f}"
                 f" {1 / statistics.median(dwpr):>15.1f} {statistics.median(prps):>13.0f}"
                 f" {1 / statistics.median(pwpr):>16.1f}"
                 + (f"   KVM exits/request (whole run): {statistics.median(epr):.1f}" if epr else "")
@@ -188,7 +195,8 @@ def main() -> int:
     )
     print(
         "idle min: least idle vCPU over gpu-compute's 2 s window (worst run); rt: mailbox "
-        "round trip, median over runs of each run's p50/p99 (500 requests each); wake/req: "
+        "round trip, median over runs of each run's p50/p99 (500 requests each); no-spin: "
+        "the same ping right after with the bridge's spin before sleeping off; wake/req: "
         "guest wake-ups from hlt per request served; drive: 16 threads x 100 x (write, write, "
         "read), requests per second from the program's load to its end, requests per guest wake-up "
         "(medians over runs); posted: the same with both writes posted (outp). Suppression "

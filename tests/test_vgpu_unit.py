@@ -8,6 +8,7 @@ import os
 import socket
 import struct
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -499,3 +500,34 @@ def test_a_stop_inside_the_adapter_request_is_not_a_missing_adapter(monkeypatch)
     monkeypatch.setattr(wgpu.gpu, "request_adapter_sync", interrupted)
     with pytest.raises(bridge.Stop):
         gpu.get_gpu()
+
+
+def test_bridge_spins_for_an_answer_only_while_it_pays(tmp_path, monkeypatch):
+    """spin() (issue 17): with a thread waiting for the guest's answer the bridge looks at
+    the response ring before sleeping; an answer already there ends the spin at once, none
+    ends it after spin_s (a miss); nothing to wait for, or recent round trips longer than
+    the window, and it does not spin at all."""
+    from types import SimpleNamespace
+
+    from hil.vgpu import bridge as B
+
+    br, vram, _ = make_bridge(tmp_path)
+    assert br.spin() is False  # nothing pending
+    br.pending[0] = (SimpleNamespace(posted=True), 0.0)
+    assert br.spin() is False  # only a posted write is out: nobody waits for it
+    br.pending[1] = (SimpleNamespace(posted=False), 0.0)
+    br.spin_s = 0.002
+    t = time.monotonic()
+    assert br.spin() is False and time.monotonic() - t >= 0.002  # a miss, after the window
+    assert br.stats["spin_misses"] == 1 and br.stats["spin_hits"] == 0
+    vram.put("rsp_head", 1)  # the guest answered
+    assert br.spin() is True and br.stats["spin_hits"] == 1
+    br.rt_recent = 0.003  # answers lately took longer than the window: sleep at once
+    vram.put("rsp_head", 0)
+    assert br.spin() is False
+    assert br.stats["spin_misses"] == 1 and br.stats["spin_hits"] == 1  # it did not look
+    for bad in ("x", "-1", "1e9", "nan"):
+        monkeypatch.setenv("HIL_BRIDGE_SPIN_US", bad)
+        assert B.spin_from_env() == B.SPIN_S
+    monkeypatch.setenv("HIL_BRIDGE_SPIN_US", "0")
+    assert B.spin_from_env() == 0

@@ -234,6 +234,7 @@ class VgpuKind(DeviceKind):
         keep += ("roundtrip_us", "dispatch_ms", "problems", "posted", "posted_denied")
         keep += ("doorbells_in", "interrupts_out")
         keep += ("interrupts_guest_serving", "doorbells_bridge_awake")  # issue 17
+        keep += ("spin_hits", "spin_misses")
         section = {k: stats.get(k) for k in keep}
         section["metrics"] = {k: v for k, v in ctx.metrics.items() if k.startswith("gpu.")}
         denials = [ln.text for ln in ctx.lines if _DENY.match(ln.text)]
