@@ -125,12 +125,14 @@ def main() -> int:
     )
     base = eventfd_pingpong()
     print(
-        f"host baseline, eventfd ping-pong between two processes: p50 {q(base, 0.5) * 1e6:.1f}"
+        f"host baseline at the start, eventfd ping-pong between two processes: p50 "
+        f"{q(base, 0.5) * 1e6:.1f}"
         f" us, p99 {q(base, 0.99) * 1e6:.1f} us\n"
     )
     head = (
         f"{'profile':<14} {'adapter':<24} {'idle min':>9} {'wake/s':>7} {'GPU instr/s':>12}"
-        f" {'rt p50 us':>10} {'rt p99 us':>10} {'no-spin p50':>12} {'wake/req':>9} {'drive req/s':>12}"
+        f" {'rt p50 us':>10} {'rt p99 us':>10} {'eventfd p50':>12} {'ratio':>6}"
+        f" {'no-spin p50':>12} {'wake/req':>9} {'drive req/s':>12}"
         f" {'drive req/wake':>15} {'posted req/s':>13} {'posted req/wake':>16}"
     )
     print(head)
@@ -140,7 +142,7 @@ def main() -> int:
         ping, drive, posted = write_scenarios(tmp, "q35-tcg-vgpu")
         for profile in profiles:
             idle, wake, ips, rt50, rt99, wpr, epr, drps, dwpr, prps, pwpr = ([] for _ in range(11))
-            nospin = []
+            nospin, floor, ratio = [], [], []
             adapter = ""
             wasted = {"ping": [0, 0, 0, 0], "drive": [0, 0, 0, 0], "drive posted": [0, 0, 0, 0]}
             for _ in range(args.runs):
@@ -148,8 +150,11 @@ def main() -> int:
                 idle.append(c["metrics"]["cpu_idle"])
                 wake.append(c["metrics"]["wakeups_per_s"])
                 ips.append(c["metrics"]["gpu.instructions_per_s"])
+                # the host's own wake-up, measured right before the ping it is compared with
+                floor.append(q(eventfd_pingpong(), 0.5) * 1e6)
                 p = run(ping, profile, tmp)
                 _count_wasted(wasted["ping"], p)
+                ratio.append(p["metrics"]["gpu.roundtrip_us.p50"] / floor[-1])
                 rt50.append(p["metrics"]["gpu.roundtrip_us.p50"])
                 rt99.append(p["metrics"]["gpu.roundtrip_us.p99"])
                 wpr.append(p["metrics"]["gpu.wakeups_per_request"])
@@ -179,6 +184,7 @@ def main() -> int:
                 f"{profile:<14} {adapter[:24]:<24} {min(idle) * 100:>8.2f}% "
                 f"{max(wake):>7.1f} {statistics.median(ips):>12.3g} "
                 f"{statistics.median(rt50):>10.1f} {statistics.median(rt99):>10.1f} "
+                f"{statistics.median(floor):>12.1f} {statistics.median(ratio):>6.2f} "
                 f"{statistics.median(nospin):>12.1f} {statistics.median(wpr):>9.3f} {statistics.median(drps):>12.0f}"
                 f" {1 / statistics.median(dwpr):>15.1f} {statistics.median(prps):>13.0f}"
                 f" {1 / statistics.median(pwpr):>16.1f}"
@@ -195,7 +201,10 @@ def main() -> int:
     )
     print(
         "idle min: least idle vCPU over gpu-compute's 2 s window (worst run); rt: mailbox "
-        "round trip, median over runs of each run's p50/p99 (500 requests each); no-spin: "
+        "round trip, median over runs of each run's p50/p99 (500 requests each); eventfd p50: "
+        "the host's eventfd ping-pong measured right before each ping, and ratio: the median "
+        "of each run's round trip p50 over it (the floor moves with the machine's load and "
+        "idleness, so it is paired); no-spin: "
         "the same ping right after with the bridge's spin before sleeping off; wake/req: "
         "guest wake-ups from hlt per request served; drive: 16 threads x 100 x (write, write, "
         "read), requests per second from the program's load to its end, requests per guest wake-up "
