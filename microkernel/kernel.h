@@ -66,6 +66,7 @@ void vgpu_event(u32 source, u64 data);
 
 // timer.c
 extern u64 halted;
+extern volatile u8 com1_quiet;          // entry.asm: 0 once COM1's IRQ 4 came
 u64 rdtsc(void);
 void pic_init(void);
 u64 idle(void);

@@ -109,7 +109,12 @@ _Noreturn void kmain(struct hvm_start_info *si, u64 tsc_lmode)
     char line[32];
     u32 n = 0;
     for (;;) {
-        while (inb(COM1 + 5) & 1) {     // LSR.DR: a byte is waiting
+        // The UART only after its interrupt (or at the start: .bss says 0).  It
+        // keeps its line raised while bytes wait, so once we have read them all
+        // the next byte raises it again, and that interrupt ends the next hlt.
+        u8 rx = !com1_quiet;
+        com1_quiet = 1;
+        while (rx && inb(COM1 + 5) & 1) {   // LSR.DR: a byte is waiting
             char c = inb(COM1);
             vgpu_event(VG_SRC_COM1_RX, (u8)c);
             if (c == '\r' || c == '\n') {

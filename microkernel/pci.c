@@ -66,10 +66,11 @@ static void align_windows(void)
     next[1] = (next[1] + 0xFFF) & ~0xFFF;
 }
 
-static void ident(const char *tag, u32 id)
+// cls: config register 8 (class code << 8 | revision), read once per function.
+static void ident(const char *tag, u32 id, u32 cls)
 {
     kprintf("%s %2:%2.%1 %4:%4 %6", tag, (u64)cur >> 8, (u64)cur >> 3 & 31, (u64)cur & 7,
-            (u64)id & 0xFFFF, (u64)id >> 16, (u64)cfg(8) >> 8);
+            (u64)id & 0xFFFF, (u64)id >> 16, (u64)cls >> 8);
 }
 
 static void scan_bus(u32 bus);
@@ -138,9 +139,9 @@ static void function(u32 id, u32 type)
         f = &boot.func[boot.nfunc++];
     f->bdf = cur;
     f->id = id;
-    f->classcode = cfg(8);
+    u32 cls = f->classcode = cfg(8);
     cfg_set(4, cmd & ~3);           // decode off while BARs hold all-ones
-    ident("pci", id);
+    ident("pci", id, cls);
     for (u32 off = 0x10; off < (type ? 0x18 : 0x28); off += 4) {   // a bridge has two BARs
         u64 size = probe(off), lo = old;
         u32 io = lo & 1, wide = (lo & 7) == 4;      // wide: 64-bit memory BAR
@@ -180,8 +181,8 @@ static void function(u32 id, u32 type)
         msix(f, id == IVSHMEM ? VG_IRQ_VECTOR : VG_DEV_VECTOR + k);
     if (id == IVSHMEM && on)
         vgpu_attach(f->bar[0], f->bar[2], f->size[2]);
-    if (cfg(8) >> 24 == 3) {
-        ident("gpu", id);
+    if (cls >> 24 == 3) {
+        ident("gpu", id, cls);
         kputc('\n');
     }
     if (type == 1)
