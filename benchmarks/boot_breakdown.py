@@ -8,7 +8,8 @@
    and without QEMU's ACPI tables.  A second one times a loop of 200,000 instructions
    between two bytes: how fast this accelerator runs guest code (the nested KVM of the
    CI kind of machine emulates every instruction, so there the kernel's instruction
-   count is its boot time).
+   count is its boot time).  A third times 64 port writes and 64 MMIO reads: what one
+   exit to QEMU costs.
 2. Scratch builds of the real kernel with one-byte markers written to COM1 (image
    defines; the normal build has none) time the phases before the first console line:
    PVH entry, page tables built, long mode and the first C code.
@@ -64,6 +65,15 @@ LOOP = """mov $100000, %ecx
   jnz 2b
   mov $'Y', %al
   out %al, %dx"""
+# What an exit to QEMU costs: 64 more bytes to COM1 (one exit each), then 64 reads of an
+# MMIO register QEMU emulates (the HPET's capabilities, 0xFED00000), each after a marker.
+EXITS = (
+    "mov $'a', %al\n"
+    + "out %al, %dx\n" * 64
+    + "mov $'Y', %al\nout %al, %dx\n"
+    + "mov 0xFED00000, %ecx\n" * 64
+    + "mov $'W', %al\nout %al, %dx"
+)
 MARKERS = {
     "X": "PVH entry",
     "A": "page tables begin",
@@ -110,7 +120,7 @@ def boot(kernel: Path, accel: str, acpi: bool, until: bytes) -> dict[str, float]
                 break
             buf += os.read(master, 4096)
             t = (time.monotonic() - t0) * 1000
-            for key in [*MARKERS, "Y", "pxOS", "@stage pci", "@stage ready"]:
+            for key in [*MARKERS, "Y", "W", "pxOS", "@stage pci", "@stage ready"]:
                 if key.encode() in buf and key not in seen:
                     seen[key] = t
     finally:
@@ -121,10 +131,10 @@ def boot(kernel: Path, accel: str, acpi: bool, until: bytes) -> dict[str, float]
     return seen
 
 
-def trivial_elf(tmp: Path, loop: bool = False) -> Path:
-    name = "loop" if loop else "t"
+def trivial_elf(tmp: Path, body: str = "") -> Path:
+    name = {"": "t", LOOP: "loop", EXITS: "exits"}[body]
     src, obj, elf = tmp / f"{name}.S", tmp / f"{name}.o", tmp / f"{name}.elf"
-    src.write_text(TRIVIAL.replace("LOOP", LOOP if loop else ""))
+    src.write_text(TRIVIAL.replace("LOOP", body))
     subprocess.run(["gcc", "-m32", "-c", str(src), "-o", str(obj)], check=True)
     subprocess.run(
         ["ld", "-m", "elf_i386", "-Ttext=0x100000", "-o", str(elf), str(obj)], check=True
@@ -152,7 +162,7 @@ def main() -> int:
     )
     with tempfile.TemporaryDirectory(prefix="hil-breakdown-") as tmp:
         tmp = Path(tmp)
-        elf, loop = trivial_elf(tmp), trivial_elf(tmp, loop=True)
+        elf, loop, exits = trivial_elf(tmp), trivial_elf(tmp, LOOP), trivial_elf(tmp, EXITS)
         marked = image.build(
             image.ImageRecipe(defines=(("PXOS_BOOT_MARKERS", "1"),)),
             cache_root=tmp / "cache",
@@ -168,6 +178,7 @@ def main() -> int:
                     "on": boot(elf, args.accel, True, b"X"),
                     "off": boot(elf, args.accel, False, b"X"),
                     "loop": boot(loop, args.accel, False, b"Y"),
+                    "exits": boot(exits, args.accel, False, b"W"),
                     "marked": boot(marked.elf, args.accel, False, b"@stage ready"),
                     "shipped": boot(shipped.elf, args.accel, False, b"@stage ready"),
                 }
@@ -181,6 +192,14 @@ def main() -> int:
             f"  200,000 guest instructions (dec/jnz loop): {ms:.2f} ms = "
             f"{200_000 / max(ms, 0.01) * 1e3:.3g} instructions/s"
         )
+        ex = [r for r in col("exits") if all(k in r for k in "XYW")]
+        if ex:
+            out = statistics.median(r["Y"] - r["X"] for r in ex) * 1e3 / 64
+            mmio = statistics.median(r["W"] - r["Y"] for r in ex) * 1e3 / 64
+            print(
+                f"  one exit to QEMU: outb to COM1 {out:.1f} us, an MMIO read (HPET) "
+                f"{mmio:.1f} us (64 of each)"
+            )
         print("\nthe pxOS kernel, ACPI off (the PVH profiles), a build with markers:")
         prev = 0.0
         for key, label in [
