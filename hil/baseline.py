@@ -32,7 +32,8 @@ Two questions per key (docs/nightly.md, "Regression rules", is the user-facing t
    change is *confirmed* when the new repeats regress too (same rule, and a rank test of
    tonight's repeats and the re-runs, pooled, against the baseline at p <= 0.01) --
    after dividing out how much slower the control
-   pair (the one that moved least) got meanwhile; *host noise* when the new repeats do
+   pair (the one that moved least) got meanwhile, and then by more than the rule's whole
+   tolerance (the factor is an estimate; the rank test alone does not confirm); *host noise* when the new repeats do
    not regress; *host slowed down* when they regress only as much as the control did.
    Only a confirmed change is a regression.
 """

@@ -184,3 +184,25 @@ def test_gpu_throughput_drop_is_a_regression(nights):
     assert ips.verdict == "regression" and c.regression
     c = one(nights, nights.night({g: [run(1.3e6), run(1.2e6), run(1.25e6)]}))
     assert not c.regression  # against the last passing night, within 25 %
+
+
+def test_a_division_by_the_hosts_slowdown_must_clear_the_whole_tolerance():
+    """Regression (fresh-clone CI, test_nightly_confirm's CPU hog): identical scenarios
+    had quiet baselines of 41 and 50 ms; under the hog both took ~63 ms, the control's
+    1.28x was divided out and conf-b stayed 7 ms 'worse' -- inside its tolerance, but every
+    divided value above the baseline, so the rank test alone called it confirmed."""
+    from hil.baseline import RULES, compare_metric
+    from hil.nightly import _clears_after_division
+    from hil.stats import Stats
+
+    rule = RULES["boot_ms"]
+    base = [40.2, 41.1, 41.06, 40.8, 41.9]
+    now = [v / 1.28 for v in (61.85, 62.5, 57.8, 66.4, 51.3, 79.2, 76.6, 62.0)]
+    net = compare_metric(rule, Stats.of(base), Stats.of(now), None, (base, now))
+    assert net.verdict == "regression" and net.worse_by < net.tolerance  # the rank test's call
+    assert not _clears_after_division(net)
+    # a planted 2000 ms delay clears it whatever the factor
+    big = [v + 2000 for v in now]
+    net = compare_metric(rule, Stats.of(base), Stats.of(big), None, (base, big))
+    assert _clears_after_division(net)
+    assert not _clears_after_division(None)
